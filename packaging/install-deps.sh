@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything echorelay needs to build, run and test on Debian 12.
+# Idempotent: packages already present are left alone, apt is asked only for the rest.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
+  libsystemd-dev libc-ares-dev
+  googletest libgtest-dev libgmock-dev
+  # real peers the tests talk to
+  systemd iproute2 socat netcat-openbsd python3 procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get -o DPkg::Lock::Timeout=600 update
+  $sudo_cmd apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
+fi
