@@ -1,0 +1,115 @@
+// The command line as operators and scripts use it: --check exit codes and the exact
+// `FILE:LINE:COL: KEY: message` diagnostics, exit 78 when started with a bad config, and
+// --version. Diagnostic text is the one place tests read output: users read it.
+#include <sstream>
+
+#include "harness.hpp"
+
+namespace echorelay::test {
+namespace {
+
+const char* kGood = R"([daemon]
+workers = 1
+
+[[listener]]
+name = "echo"
+protocol = "tcp"
+address = "127.0.0.1:0"
+handler = "echo"
+framing = "length-prefixed"
+)";
+
+// Line 6 column 11 is the value of `framing`; line 12 column 13 the value of max_frame.
+const char* kBad = R"([[listener]]
+name = "echo"
+protocol = "tcp"
+address = "127.0.0.1:0"
+handler = "echo"
+framing = "lines"
+
+[[listener]]
+name = "echo2"
+protocol = "tcp"
+address = "127.0.0.2:0"
+max_frame = "lots"
+)";
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// True when some output line starts with `prefix` and has a message after it.
+bool has_diagnostic(const std::string& output, const std::string& prefix) {
+  for (const auto& line : lines_of(output))
+    if (line.rfind(prefix, 0) == 0 && line.size() > prefix.size()) return true;
+  return false;
+}
+
+TEST(Cli, CheckAcceptsShippedConfig) {
+  auto r = run_process({ECHORELAYD_PATH, "--check", "-c", ECHORELAY_SOURCE_DIR "/config/echorelay.toml"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(Cli, CheckAcceptsValidFile) {
+  TempDir dir;
+  std::string path = dir.file("good.toml");
+  write_file(path, kGood);
+  auto r = run_process({ECHORELAYD_PATH, "--check", "-c", path});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(Cli, CheckRejectsInvalidFileWithEveryDiagnostic) {
+  TempDir dir;
+  std::string path = dir.file("bad.toml");
+  write_file(path, kBad);
+  auto r = run_process({ECHORELAYD_PATH, "--check", "-c", path});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  // Both problems in one run: the validator collects before reporting.
+  EXPECT_TRUE(has_diagnostic(r.output, path + ":6:11: listener[0].framing: ")) << r.output;
+  EXPECT_TRUE(has_diagnostic(r.output, path + ":12:13: listener[1].max_frame: ")) << r.output;
+}
+
+TEST(Cli, CheckNamesAnUnknownKey) {
+  TempDir dir;
+  std::string path = dir.file("unknown.toml");
+  write_file(path, std::string(kGood) + "bogus_key = 1\n");
+  auto r = run_process({ECHORELAYD_PATH, "--check", "-c", path});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  bool found = false;
+  for (const auto& line : lines_of(r.output))
+    if (line.rfind(path + ":10:", 0) == 0 && line.find("bogus_key") != std::string::npos) found = true;
+  EXPECT_TRUE(found) << r.output;
+}
+
+TEST(Cli, StartingWithBadConfigExits78WithDiagnostics) {
+  Daemon daemon(kBad);
+  ASSERT_TRUE(daemon.spawn());
+  auto code = daemon.wait_exit(kReadyTimeout);
+  ASSERT_TRUE(code.has_value()) << "daemon kept running with a bad config";
+  EXPECT_EQ(*code, 78);
+  EXPECT_FALSE(daemon.saw_notify("READY=1"));
+  EXPECT_TRUE(has_diagnostic(daemon.log(), daemon.config_path() + ":6:11: listener[0].framing: ")) << daemon.log();
+}
+
+TEST(Cli, StartingWithMissingConfigFails) {
+  TempDir dir;
+  auto r = run_process({ECHORELAYD_PATH, "-c", dir.file("does-not-exist.toml")});
+  ASSERT_TRUE(r.exit_code.has_value());
+  EXPECT_NE(*r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("does-not-exist.toml"), std::string::npos) << r.output;
+}
+
+TEST(Cli, VersionPrintsVersionAndExitsZero) {
+  auto r = run_process({ECHORELAYD_PATH, "--version"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(r.output.empty());
+#ifdef ECHORELAY_VERSION
+  EXPECT_NE(r.output.find(ECHORELAY_VERSION), std::string::npos) << r.output;
+#endif
+}
+
+}  // namespace
+}  // namespace echorelay::test

@@ -1,0 +1,202 @@
+// UDP echo: every datagram answered with exactly its bytes (empty and binary ones too),
+// many concurrent sources through a worker pool and several SO_REUSEPORT sockets,
+// deny_source_ports and rate_limit (refusals counted). Loss on loopback only happens
+// when buffers overflow, so senders keep a small window of datagrams in flight.
+#include <sys/socket.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "harness.hpp"
+
+namespace echorelay::test {
+namespace {
+
+TEST(Udp, EchoesExactBytesIncludingEmptyDatagram) {
+  Daemon daemon(R"(
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+)");
+  ASSERT_TRUE(daemon.start());
+  EXPECT_EQ(daemon.protocol("udp"), "udp");
+  Fd s = udp_connect(daemon.address("udp"));
+  ASSERT_TRUE(s);
+
+  std::string binary;
+  for (int i = 0; i < 256; ++i) binary += static_cast<char>(i);
+  for (const std::string& payload : {std::string("hello"), std::string(), binary, std::string(1400, 'q'),
+                                     std::string(60000, '\x5a')}) {
+    ASSERT_TRUE(udp_send(s.get(), payload));
+    auto reply = udp_recv(s.get());
+    ASSERT_TRUE(reply.has_value()) << "no reply to a " << payload.size() << "-byte datagram";
+    EXPECT_TRUE(*reply == payload) << "reply of " << reply->size() << " bytes to " << payload.size();
+  }
+}
+
+TEST(Udp, EchoesOverIpv6) {
+  Daemon daemon(R"(
+[[listener]]
+name = "udp6"
+protocol = "udp"
+address = "[::1]:0"
+handler = "echo"
+)");
+  ASSERT_TRUE(daemon.start());
+  Fd s = udp_connect(daemon.address("udp6"));
+  ASSERT_TRUE(s);
+  ASSERT_TRUE(udp_send(s.get(), "six"));
+  EXPECT_EQ(udp_recv(s.get()), std::optional<std::string>("six"));
+}
+
+TEST(Udp, ThirtyTwoConcurrentSourcesAreAllAnsweredExactly) {
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+workers = 4
+sockets = 2
+recv_buffer = "4MiB"
+)");
+  ASSERT_TRUE(daemon.start());
+  const std::string target = daemon.address("udp");
+  constexpr int kSources = 32;
+  constexpr int kPerSource = 100;
+  constexpr int kWindow = 4;
+
+  std::vector<Fd> sockets;
+  for (int i = 0; i < kSources; ++i) {
+    sockets.push_back(udp_connect(target));
+    ASSERT_TRUE(sockets.back());
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::string> errors(kSources);
+  std::vector<std::thread> threads;
+  for (int src = 0; src < kSources; ++src) {
+    threads.emplace_back([&, src] {
+      int fd = sockets[static_cast<std::size_t>(src)].get();
+      std::multiset<std::string> outstanding;
+      int sent = 0;
+      int received = 0;
+      while (received < kPerSource) {
+        while (sent < kPerSource && static_cast<int>(outstanding.size()) < kWindow) {
+          // Distinct per source and sequence, with a varying length.
+          std::string payload = "src" + std::to_string(src) + "-seq" + std::to_string(sent) + "-" +
+                                std::string(static_cast<std::size_t>(sent % 37), static_cast<char>('a' + src % 26));
+          if (::send(fd, payload.data(), payload.size(), 0) != static_cast<ssize_t>(payload.size())) {
+            errors[static_cast<std::size_t>(src)] = "send failed";
+            ++failures;
+            return;
+          }
+          outstanding.insert(payload);
+          ++sent;
+        }
+        auto reply = udp_recv(fd, kIoTimeout);
+        if (!reply) {
+          errors[static_cast<std::size_t>(src)] =
+              "timed out with " + std::to_string(outstanding.size()) + " outstanding after " +
+              std::to_string(received) + " replies";
+          ++failures;
+          return;
+        }
+        auto it = outstanding.find(*reply);
+        if (it == outstanding.end()) {
+          errors[static_cast<std::size_t>(src)] = "unexpected reply '" + reply->substr(0, 64) + "'";
+          ++failures;
+          return;
+        }
+        outstanding.erase(it);
+        ++received;
+      }
+      // Exactly one reply per datagram: nothing further may arrive.
+      if (auto extra = udp_recv(fd, 50ms)) {
+        errors[static_cast<std::size_t>(src)] = "extra reply '" + extra->substr(0, 64) + "'";
+        ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kSources; ++i) EXPECT_EQ(errors[static_cast<std::size_t>(i)], "") << "source " << i;
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_datagrams_received_total", {{"listener", "udp"}},
+                          kSources * kPerSource));
+}
+
+TEST(Udp, DatagramsFromDeniedSourcePortAreNotAnswered) {
+  // The denied port is one we own: bind first, then write it into the config.
+  Fd denied = udp_bind("127.0.0.1:0");
+  ASSERT_TRUE(denied);
+  std::uint16_t denied_port = local_port(denied.get());
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+deny_source_ports = [7, 19, )" + std::to_string(denied_port) + R"(]
+)");
+  ASSERT_TRUE(daemon.start());
+  const std::string target = daemon.address("udp");
+
+  ASSERT_TRUE(udp_send_to(denied.get(), target, "from a denied port"));
+  // Once the refusal is counted the datagram has been handled; no reply may follow it.
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "denied_port"}},
+                          1));
+  Fd allowed = udp_connect(target);
+  ASSERT_TRUE(allowed);
+  ASSERT_TRUE(udp_send(allowed.get(), "from an allowed port"));
+  EXPECT_EQ(udp_recv(allowed.get()), std::optional<std::string>("from an allowed port"));
+  EXPECT_FALSE(udp_recv(denied.get(), 200ms).has_value()) << "denied source got a reply";
+}
+
+TEST(Udp, RateLimitRefusesDatagramsBeyondTheRatePerSource) {
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+rate_limit = 5
+)");
+  ASSERT_TRUE(daemon.start());
+  const std::string target = daemon.address("udp");
+  Fd s = udp_connect(target);
+  ASSERT_TRUE(s);
+  constexpr int kBurst = 50;
+  for (int i = 0; i < kBurst; ++i) ASSERT_TRUE(udp_send(s.get(), "burst " + std::to_string(i)));
+  // 50 datagrams in a few milliseconds at 5/s: most are refused. Every datagram is
+  // either answered or counted as rate_limited.
+  int replies = 0;
+  std::optional<double> refused;
+  bool settled = wait_until([&] {
+    while (udp_recv(s.get(), 0ms)) ++replies;
+    refused = fetch_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "rate_limited"}});
+    return refused && replies + *refused == kBurst;
+  });
+  EXPECT_TRUE(settled) << replies << " replies, refused " << refused.value_or(-1);
+  EXPECT_GE(replies, 1);
+  EXPECT_LE(replies, 15);
+
+  // Another source has its own budget.
+  Fd other = udp_connect(target);
+  ASSERT_TRUE(other);
+  ASSERT_TRUE(udp_send(other.get(), "other source"));
+  EXPECT_EQ(udp_recv(other.get()), std::optional<std::string>("other source"));
+}
+
+}  // namespace
+}  // namespace echorelay::test
