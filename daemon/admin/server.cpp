@@ -1,0 +1,106 @@
+// Admin HTTP with Boost.Beast; see server.hpp. Requests are tiny and rare, so each
+// connection handles requests sequentially with a short deadline against idle clients.
+#include "admin/server.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+namespace echorelay::admin {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+constexpr auto kUseAwaitable = asio::as_tuple(asio::use_awaitable);
+
+struct Server::Impl : std::enable_shared_from_this<Impl> {
+  Impl(asio::io_context& c, const obs::Registry& m, std::function<bool()> r)
+      : ctx(c), acceptor(c), metrics(m), ready(std::move(r)) {}
+
+  asio::awaitable<void> accept_loop() {
+    auto self = shared_from_this();
+    for (;;) {
+      auto [ec, socket] = co_await acceptor.async_accept(kUseAwaitable);
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec) continue;
+      asio::co_spawn(ctx, serve(beast::tcp_stream(std::move(socket))), asio::detached);
+    }
+  }
+
+  asio::awaitable<void> serve(beast::tcp_stream stream) {
+    auto self = shared_from_this();
+    beast::flat_buffer buffer;
+    for (;;) {
+      http::request<http::empty_body> request;
+      stream.expires_after(std::chrono::seconds(10));
+      auto [ec, n] = co_await http::async_read(stream, buffer, request, kUseAwaitable);
+      if (ec) break;
+      http::response<http::string_body> response(http::status::ok, request.version());
+      response.set(http::field::server, "echorelayd");
+      response.keep_alive(request.keep_alive());
+      const auto target = request.target();
+      if (request.method() != http::verb::get && request.method() != http::verb::head) {
+        response.result(http::status::method_not_allowed);
+        response.body() = "method not allowed\n";
+      } else if (target == "/metrics") {
+        response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+        response.body() = metrics.render_prometheus();
+      } else if (target == "/healthz") {
+        response.body() = "ok\n";
+      } else if (target == "/readyz") {
+        const bool is_ready = ready();
+        response.result(is_ready ? http::status::ok : http::status::service_unavailable);
+        response.body() = is_ready ? "ready\n" : "not ready\n";
+      } else {
+        response.result(http::status::not_found);
+        response.body() = "not found\n";
+      }
+      response.prepare_payload();
+      auto [wec, wn] = co_await http::async_write(stream, response, kUseAwaitable);
+      if (wec || !response.keep_alive()) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  asio::io_context& ctx;
+  tcp::acceptor acceptor;
+  const obs::Registry& metrics;
+  std::function<bool()> ready;
+};
+
+Server::Server(asio::io_context& ctx, const obs::Registry& metrics, std::function<bool()> ready)
+    : impl_(std::make_shared<Impl>(ctx, metrics, std::move(ready))) {}
+
+Server::~Server() = default;
+
+Result<net::Endpoint> Server::start(const net::Endpoint& listen) {
+  boost::system::error_code ec;
+  const auto address = asio::ip::make_address(listen.host, ec);
+  if (ec) return make_error("admin listen " + listen.to_string() + ": " + ec.message());
+  const tcp::endpoint endpoint(address, listen.port);
+  auto& acceptor = impl_->acceptor;
+  if (acceptor.open(endpoint.protocol(), ec); ec) return make_error("socket tcp " + listen.to_string() + ": " + ec.message());
+  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (acceptor.bind(endpoint, ec); ec) return make_error("bind tcp " + listen.to_string() + " (admin): " + ec.message());
+  if (acceptor.listen(64, ec); ec) return make_error("listen tcp " + listen.to_string() + " (admin): " + ec.message());
+  const auto local = acceptor.local_endpoint(ec);
+  net::Endpoint bound = listen;
+  bound.port = local.port();
+  auto impl = impl_;
+  asio::co_spawn(impl->ctx, [impl] { return impl->accept_loop(); }, asio::detached);
+  return bound;
+}
+
+void Server::stop() {
+  boost::system::error_code ignored;
+  impl_->acceptor.close(ignored);
+}
+
+}  // namespace echorelay::admin

@@ -1,0 +1,17 @@
+// `echorelayd probe ADDRESS`: one echo round trip for health checks (container
+// HEALTHCHECK, scripts). Blocking sockets with poll deadlines; never used by the daemon.
+#pragma once
+
+#include <string>
+
+namespace echorelay::app {
+
+struct ProbeOptions {
+  std::string address;  // tcp://host:port, udp://host:port, unix:///path, unix://@name
+  std::string timeout = "2s";
+};
+
+// Exit code: 0 when the echo came back byte for byte, 1 otherwise (reason on stderr).
+int run_probe(const ProbeOptions& options);
+
+}  // namespace echorelay::app

@@ -1,0 +1,46 @@
+// The accept loop of one stream listener: backs off on resource exhaustion (EMFILE,
+// ENFILE, ENOBUFS, ENOMEM: 5 ms doubling to 1 s, rate-limited warning, never spins),
+// ignores ECONNABORTED, enforces max_connections (listener and daemon-wide) and the
+// Unix SO_PEERCRED allow lists, then hands each connection to `on_accept`.
+#pragma once
+
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
+#include <functional>
+#include <memory>
+
+#include "config/config.hpp"
+#include "echo/session.hpp"
+#include "obs/metrics.hpp"
+
+namespace echorelay::listen {
+
+using StreamSocket = boost::asio::generic::stream_protocol::socket;
+
+class StreamAcceptor {
+ public:
+  // Chooses the io_context a new connection will live on.
+  using PickContext = std::function<boost::asio::io_context&()>;
+  // Called on the acceptor's thread with a socket bound to the picked context.
+  using OnAccept = std::function<void(StreamSocket, echo::ConnectionSlot)>;
+
+  struct Limits {
+    obs::Gauge* total_active = nullptr;
+    std::uint64_t max_total = 0;  // 0 = no daemon-wide limit
+  };
+
+  // `listen_fd` stays owned by the caller: the acceptor works on a duplicate, so
+  // stopping it never closes the listening socket (a successor may hold it).
+  StreamAcceptor(boost::asio::io_context& ctx, int listen_fd, const config::Listener& spec,
+                 obs::ListenerCounters& counters, Limits limits, PickContext pick, OnAccept on_accept);
+  ~StreamAcceptor();
+
+  void start();  // any thread; the loop runs on `ctx`
+  void pause();  // stop accepting; posts to `ctx`; connections wait in the kernel backlog
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace echorelay::listen

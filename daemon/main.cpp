@@ -1,0 +1,87 @@
+// echorelayd: command line and wiring only; everything else is in the library.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "app/app.hpp"
+#include "app/probe.hpp"
+#include "config/config.hpp"
+#include "obs/log.hpp"
+
+namespace {
+
+constexpr int kExitConfig = 78;  // EX_CONFIG: lets a unit say RestartPreventExitStatus=78
+
+template <class Enum>
+std::optional<Enum> parse_enum(const std::string& text, std::initializer_list<Enum> values) {
+  for (Enum v : values) {
+    if (echorelay::config::to_string(v) == text) return v;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace echorelay;
+  CLI::App cli{"echorelayd: TCP/UDP echo and relay daemon"};
+  std::string config_path = "/etc/echorelay/echorelay.toml";
+  bool check = false;
+  bool version = false;
+  std::string log_level;
+  std::string log_format;
+  app::Options options;
+  cli.add_option("-c,--config", config_path, "configuration file");
+  cli.add_flag("--check", check, "validate the configuration and exit (0 valid, 1 invalid)");
+  cli.add_flag("--version", version, "print the version and exit");
+  cli.add_option("--log-level", log_level, "trace|debug|info|warn|error (overrides [log] level)");
+  cli.add_option("--log-format", log_format, "auto|text|json|journal (overrides [log] format)");
+  cli.add_option("--bound-addresses-file", options.bound_addresses_file,
+                 "write 'NAME PROTOCOL ADDRESS' lines here once every listener is open");
+
+  app::ProbeOptions probe;
+  auto* probe_cmd = cli.add_subcommand("probe", "send one echo request to a listener; exit 0 if it came back intact");
+  probe_cmd->add_option("address", probe.address, "tcp://host:port, udp://host:port, unix:///path, unix://@name")
+      ->required();
+  probe_cmd->add_option("--timeout", probe.timeout, "how long to wait, e.g. 2s");
+
+  CLI11_PARSE(cli, argc, argv);
+
+  if (version) {
+    std::printf("echorelayd %s\n", ECHORELAY_VERSION);
+    return 0;
+  }
+  if (*probe_cmd) return app::run_probe(probe);
+
+  auto loaded = config::load_config(config_path);
+  for (const auto& d : loaded.diagnostics) std::fprintf(stderr, "%s\n", d.text.c_str());
+  if (!loaded.config) return check ? 1 : kExitConfig;
+  if (check) {
+    std::fprintf(stderr, "%s: ok\n", config_path.c_str());
+    return 0;
+  }
+  config::Config cfg = std::move(*loaded.config);
+
+  if (!log_level.empty()) {
+    auto level = parse_enum(log_level, {config::LogLevel::Trace, config::LogLevel::Debug, config::LogLevel::Info,
+                                        config::LogLevel::Warn, config::LogLevel::Error});
+    if (!level) {
+      std::fprintf(stderr, "--log-level: unknown level \"%s\"\n", log_level.c_str());
+      return 2;
+    }
+    cfg.log.level = *level;
+  }
+  if (!log_format.empty()) {
+    auto format = parse_enum(log_format, {config::LogFormat::Auto, config::LogFormat::Text, config::LogFormat::Json,
+                                          config::LogFormat::Journal});
+    if (!format) {
+      std::fprintf(stderr, "--log-format: unknown format \"%s\"\n", log_format.c_str());
+      return 2;
+    }
+    cfg.log.format = *format;
+  }
+  obs::setup_logging(cfg.log.level, cfg.log.format);
+  app::App daemon(std::move(cfg), std::move(options));
+  return daemon.run();
+}

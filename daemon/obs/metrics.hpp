@@ -1,0 +1,69 @@
+// Counters for /metrics (Prometheus text format). Every data-plane event is a relaxed
+// atomic add on the listener's own block; rendering walks the registry. Names and
+// labels are fixed by CONFIG.md. Thread-safe: any thread may bump, any may render.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace echorelay::obs {
+
+enum class Refuse : unsigned {
+  FrameTooLarge,
+  ReadTimeout,
+  WriteTimeout,
+  RequestTimeout,
+  MaxConnections,
+  PeerNotAllowed,
+  RateLimited,
+  DeniedPort,
+  Count
+};
+std::string_view to_string(Refuse);
+
+enum class Drop : unsigned { QueueFull, RateLimited, DeniedPort, Truncated, SendFailed, Count };
+std::string_view to_string(Drop);
+
+using Counter = std::atomic<std::uint64_t>;
+using Gauge = std::atomic<std::int64_t>;
+
+struct ListenerCounters {
+  explicit ListenerCounters(std::string listener_name) : name(std::move(listener_name)) {}
+  const std::string name;
+  Counter connections_accepted{0};
+  Gauge connections_active{0};
+  Counter requests{0};
+  Counter bytes_received{0};
+  Counter bytes_sent{0};
+  Counter datagrams_received{0};
+  Counter datagrams_sent{0};
+  std::array<Counter, static_cast<unsigned>(Drop::Count)> dropped{};
+  std::array<Counter, static_cast<unsigned>(Refuse::Count)> refused{};
+
+  void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+  void refuse(Refuse r) { add(refused[static_cast<unsigned>(r)]); }
+  void drop(Drop d, std::uint64_t n = 1) { add(dropped[static_cast<unsigned>(d)], n); }
+};
+
+class Registry {
+ public:
+  // Returns the block for `name`, creating it once; the reference stays valid for the
+  // registry's lifetime (blocks are never moved).
+  ListenerCounters& listener(const std::string& name);
+  Counter restarts{0};          // echorelay_restarts_total
+  Counter restart_failures{0};  // echorelay_restart_failures_total
+  Gauge connections_active_total{0};
+
+  std::string render_prometheus() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::deque<ListenerCounters> listeners_;
+};
+
+}  // namespace echorelay::obs

@@ -1,0 +1,41 @@
+// libsystemd wrappers; see systemd.hpp.
+#include "os/systemd.hpp"
+
+#include <fcntl.h>
+#include <systemd/sd-daemon.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace echorelay::os {
+
+std::vector<InheritedFd> take_listen_fds() {
+  std::vector<InheritedFd> fds;
+  char** names = nullptr;
+  // unset_environment = 1: a successor we spawn gets a LISTEN_FDS we build ourselves.
+  const int n = sd_listen_fds_with_names(1, &names);
+  for (int i = 0; i < n; ++i) {
+    const int fd = SD_LISTEN_FDS_START + i;
+    // sd_listen_fds does not set CLOEXEC on the fds; a connection's child must not keep them.
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fds.push_back({fd, names && names[i] ? names[i] : "unknown"});
+  }
+  if (names) {
+    for (int i = 0; i < n; ++i) std::free(names[i]);
+    std::free(names);
+  }
+  return fds;
+}
+
+bool notify(std::string_view state) {
+  const std::string s(state);
+  return sd_notify(0, s.c_str()) > 0;
+}
+
+std::optional<std::chrono::microseconds> watchdog_interval() {
+  uint64_t usec = 0;
+  if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) return std::chrono::microseconds(usec);
+  return std::nullopt;
+}
+
+}  // namespace echorelay::os

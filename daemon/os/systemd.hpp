@@ -1,0 +1,29 @@
+// The only home of libsystemd calls: the notify protocol (READY, RELOADING, STOPPING,
+// STATUS, MAINPID, WATCHDOG, FDSTORE) and LISTEN_FDS adoption. Everything here is a
+// no-op when the variables are not set, so the daemon runs the same by hand.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace echorelay::os {
+
+struct InheritedFd {
+  int fd = -1;       // owned by the caller after take_listen_fds()
+  std::string name;  // from LISTEN_FDNAMES; "unknown" when unnamed
+};
+
+// Takes the sockets passed with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES and unsets the
+// variables so children do not see them again. Marks each fd O_CLOEXEC.
+std::vector<InheritedFd> take_listen_fds();
+
+// sd_notify(0, state); false when there is no NOTIFY_SOCKET or sending failed.
+bool notify(std::string_view state);
+
+// WATCHDOG_USEC for this process, if the service manager wants pings.
+std::optional<std::chrono::microseconds> watchdog_interval();
+
+}  // namespace echorelay::os
