@@ -1,0 +1,15 @@
+// Multicast group membership and sending options for a freshly bound socket.
+// Inherited sockets keep their memberships, so this runs only on fresh binds.
+#pragma once
+
+#include "config/config.hpp"
+#include "util/result.hpp"
+
+namespace echorelay::udp {
+
+// Joins listener.endpoint's group (IPv4 or IPv6) on listener.interface, or on every
+// up, multicast-capable interface when unset; sets TTL/hops, loopback and, when an
+// interface is named, the outgoing interface. Errors name the call and the errno.
+Result<void> join_multicast(int fd, const config::Listener& listener);
+
+}  // namespace echorelay::udp
