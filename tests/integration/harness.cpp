@@ -678,10 +678,10 @@ Fd udp_bind(const std::string& local) {
   return fd;
 }
 
-Fd udp_connect(const std::string& peer) {
+Fd udp_connect(const std::string& peer, const std::string& local) {
   socklen_t len = 0;
   sockaddr_storage ss = parse_inet(peer, &len);
-  Fd fd = udp_bind(ss.ss_family == AF_INET6 ? "[::1]:0" : "127.0.0.1:0");
+  Fd fd = udp_bind(!local.empty() ? local : ss.ss_family == AF_INET6 ? "[::1]:0" : "127.0.0.1:0");
   if (!fd) return fd;
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     ADD_FAILURE() << "udp connect " << peer << ": " << std::strerror(errno);
@@ -823,6 +823,7 @@ std::optional<double> metric_value(std::string_view exposition, std::string_view
 }
 
 std::optional<double> fetch_metric(const std::string& admin, std::string_view name, const Labels& labels) {
+  if (admin.empty()) return std::nullopt;
   auto response = http_get(admin, "/metrics");
   if (!response || response->status != 200) return std::nullopt;
   return metric_value(response->body, name, labels);
@@ -830,6 +831,7 @@ std::optional<double> fetch_metric(const std::string& admin, std::string_view na
 
 ::testing::AssertionResult wait_metric(const std::string& admin, std::string_view name, const Labels& labels,
                                        double expected, Millis timeout) {
+  if (admin.empty()) return ::testing::AssertionFailure() << "no admin address to read " << name << " from";
   std::optional<double> last;
   bool ok = wait_until(
       [&] {
@@ -839,7 +841,7 @@ std::optional<double> fetch_metric(const std::string& admin, std::string_view na
       timeout);
   if (ok) return ::testing::AssertionSuccess();
   std::string label_text;
-  for (const auto& [k, v] : labels) label_text += k + "=\"" + v + "\",";
+  for (const auto& [k, v] : labels) label_text += (label_text.empty() ? "" : ",") + k + "=\"" + v + "\"";
   auto failure = ::testing::AssertionFailure();
   failure << name << "{" << label_text << "} expected " << expected << ", last seen ";
   if (last) failure << *last;

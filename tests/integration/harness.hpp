@@ -201,9 +201,9 @@ bool is_open_and_quiet(int fd);
 
 // ---- datagrams ----
 
-// A UDP socket bound to an ephemeral port on the loopback of the address family of
-// `peer` and connected to it (so it only hears the daemon).
-Fd udp_connect(const std::string& peer);
+// A UDP socket bound to `local` (default: an ephemeral port on the loopback of the
+// address family of `peer`) and connected to `peer` (so it only hears the daemon).
+Fd udp_connect(const std::string& peer, const std::string& local = "");
 // Unconnected UDP socket bound to `local` ("127.0.0.1:0" etc.).
 Fd udp_bind(const std::string& local);
 ::testing::AssertionResult udp_send(int fd, std::string_view data);

@@ -160,6 +160,34 @@ deny_source_ports = [7, 19, )" + std::to_string(denied_port) + R"(]
   EXPECT_FALSE(udp_recv(denied.get(), 200ms).has_value()) << "denied source got a reply";
 }
 
+TEST(Udp, DatagramLargerThanMaxDatagramIsDroppedNotTruncated) {
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+max_datagram = 512
+)");
+  ASSERT_TRUE(daemon.start());
+  Fd s = udp_connect(daemon.address("udp"));
+  ASSERT_TRUE(s);
+  std::string fits(512, 'f');
+  ASSERT_TRUE(udp_send(s.get(), fits));
+  EXPECT_EQ(udp_recv(s.get()), std::optional<std::string>(fits));
+
+  // An echo of a cut datagram would not be "exactly the bytes received": no reply at all.
+  ASSERT_TRUE(udp_send(s.get(), std::string(513, 'o')));
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_datagrams_dropped_total",
+                          {{"listener", "udp"}, {"reason", "truncated"}}, 1));
+  ASSERT_TRUE(udp_send(s.get(), "small"));
+  EXPECT_EQ(udp_recv(s.get()), std::optional<std::string>("small"));
+  EXPECT_FALSE(udp_recv(s.get(), 200ms).has_value()) << "a reply to the oversized datagram arrived";
+}
+
 TEST(Udp, RateLimitRefusesDatagramsBeyondTheRatePerSource) {
   Daemon daemon(R"(
 [admin]
@@ -191,8 +219,9 @@ rate_limit = 5
   EXPECT_GE(replies, 1);
   EXPECT_LE(replies, 15);
 
-  // Another source has its own budget.
-  Fd other = udp_connect(target);
+  // Another source address has its own budget (the limit is per address, whatever
+  // the port, so the other source binds a different loopback address).
+  Fd other = udp_connect(target, "127.0.0.7:0");
   ASSERT_TRUE(other);
   ASSERT_TRUE(udp_send(other.get(), "other source"));
   EXPECT_EQ(udp_recv(other.get()), std::optional<std::string>("other source"));
