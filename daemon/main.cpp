@@ -1,4 +1,7 @@
 // echorelayd: command line and wiring only; everything else is in the library.
+#include <limits.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -7,11 +10,22 @@
 #include "app/app.hpp"
 #include "app/probe.hpp"
 #include "config/config.hpp"
+#include "lifecycle/readiness.hpp"
+#include "lifecycle/supervisor.hpp"
 #include "obs/log.hpp"
 
 namespace {
 
 constexpr int kExitConfig = 78;  // EX_CONFIG: lets a unit say RestartPreventExitStatus=78
+
+// Resolved once at start: a hot restart execs whatever file is at this path then, so
+// replacing the file and sending SIGHUP upgrades the binary.
+std::string own_executable_path(const char* argv0) {
+  char buf[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n > 0) return std::string(buf, static_cast<std::size_t>(n));
+  return argv0;
+}
 
 template <class Enum>
 std::optional<Enum> parse_enum(const std::string& text, std::initializer_list<Enum> values) {
@@ -27,7 +41,9 @@ int main(int argc, char** argv) {
   using namespace echorelay;
   CLI::App cli{"echorelayd: TCP/UDP echo and relay daemon"};
   std::string config_path = "/etc/echorelay/echorelay.toml";
+  const int ready_fd = lifecycle::take_ready_fd();  // set when a predecessor started us
   bool check = false;
+  bool supervise = false;
   bool version = false;
   std::string log_level;
   std::string log_format;
@@ -35,6 +51,7 @@ int main(int argc, char** argv) {
   cli.add_option("-c,--config", config_path, "configuration file");
   cli.add_flag("--check", check, "validate the configuration and exit (0 valid, 1 invalid)");
   cli.add_flag("--version", version, "print the version and exit");
+  cli.add_flag("--supervise", supervise, "run under a stable-PID supervisor (PID 1 in containers)");
   cli.add_option("--log-level", log_level, "trace|debug|info|warn|error (overrides [log] level)");
   cli.add_option("--log-format", log_format, "auto|text|json|journal (overrides [log] format)");
   cli.add_option("--bound-addresses-file", options.bound_addresses_file,
@@ -56,7 +73,11 @@ int main(int argc, char** argv) {
 
   auto loaded = config::load_config(config_path);
   for (const auto& d : loaded.diagnostics) std::fprintf(stderr, "%s\n", d.text.c_str());
-  if (!loaded.config) return check ? 1 : kExitConfig;
+  if (!loaded.config) {
+    int fd = ready_fd;
+    lifecycle::report_failure(fd, "configuration error: " + loaded.diagnostics.front().text);
+    return check ? 1 : kExitConfig;
+  }
   if (check) {
     std::fprintf(stderr, "%s: ok\n", config_path.c_str());
     return 0;
@@ -82,6 +103,17 @@ int main(int argc, char** argv) {
     cfg.log.format = *format;
   }
   obs::setup_logging(cfg.log.level, cfg.log.format);
+  options.exe_path = own_executable_path(argv[0]);
+  if (supervise) {
+    // The supervisor re-runs this binary without --supervise as its worker.
+    std::vector<std::string> worker_argv;
+    for (int i = 0; i < argc; ++i) {
+      if (std::string_view(argv[i]) != "--supervise") worker_argv.emplace_back(argv[i]);
+    }
+    return lifecycle::run_supervisor(options.exe_path, std::move(worker_argv));
+  }
+  for (int i = 0; i < argc; ++i) options.argv.emplace_back(argv[i]);
+  options.ready_fd = ready_fd;
   app::App daemon(std::move(cfg), std::move(options));
   return daemon.run();
 }

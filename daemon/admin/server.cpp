@@ -2,6 +2,9 @@
 // connection handles requests sequentially with a short deadline against idle clients.
 #include "admin/server.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -80,16 +83,27 @@ Server::Server(asio::io_context& ctx, const obs::Registry& metrics, std::functio
 
 Server::~Server() = default;
 
-Result<net::Endpoint> Server::start(const net::Endpoint& listen) {
+Result<net::Endpoint> Server::start(const net::Endpoint& listen, int inherited_fd) {
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(listen.host, ec);
   if (ec) return make_error("admin listen " + listen.to_string() + ": " + ec.message());
   const tcp::endpoint endpoint(address, listen.port);
   auto& acceptor = impl_->acceptor;
-  if (acceptor.open(endpoint.protocol(), ec); ec) return make_error("socket tcp " + listen.to_string() + ": " + ec.message());
-  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (acceptor.bind(endpoint, ec); ec) return make_error("bind tcp " + listen.to_string() + " (admin): " + ec.message());
-  if (acceptor.listen(64, ec); ec) return make_error("listen tcp " + listen.to_string() + " (admin): " + ec.message());
+  if (inherited_fd >= 0) {
+    acceptor.assign(endpoint.protocol(), ::dup(inherited_fd), ec);
+    const auto local = acceptor.local_endpoint(ec);
+    // The admin address may have changed in the new config: then bind afresh.
+    if (ec || local.address() != address || (listen.port != 0 && local.port() != listen.port)) {
+      acceptor.close(ec);
+    }
+  }
+  if (!acceptor.is_open()) {
+    if (acceptor.open(endpoint.protocol(), ec); ec) return make_error("socket tcp " + listen.to_string() + ": " + ec.message());
+    acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (acceptor.bind(endpoint, ec); ec) return make_error("bind tcp " + listen.to_string() + " (admin): " + ec.message());
+    if (acceptor.listen(64, ec); ec) return make_error("listen tcp " + listen.to_string() + " (admin): " + ec.message());
+  }
+  ::fcntl(acceptor.native_handle(), F_SETFD, FD_CLOEXEC);
   const auto local = acceptor.local_endpoint(ec);
   net::Endpoint bound = listen;
   bound.port = local.port();
@@ -97,6 +111,8 @@ Result<net::Endpoint> Server::start(const net::Endpoint& listen) {
   asio::co_spawn(impl->ctx, [impl] { return impl->accept_loop(); }, asio::detached);
   return bound;
 }
+
+int Server::native_handle() { return impl_->acceptor.is_open() ? impl_->acceptor.native_handle() : -1; }
 
 void Server::stop() {
   boost::system::error_code ignored;

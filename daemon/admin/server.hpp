@@ -17,8 +17,12 @@ class Server {
   // `ready` answers /readyz: true while listeners accept (false during a drain).
   Server(boost::asio::io_context& ctx, const obs::Registry& metrics, std::function<bool()> ready);
   ~Server();
-  // Binds and starts serving; the real bound address is returned (port 0 binds).
-  Result<net::Endpoint> start(const net::Endpoint& listen);
+  // Serves on `inherited` when it is a listening socket for `listen` (a hot restart
+  // hands the admin socket over like any listener), else binds. Returns the real bound
+  // address (port 0 binds).
+  Result<net::Endpoint> start(const net::Endpoint& listen, int inherited_fd = -1);
+  // The listening socket, for handing over; -1 when not started.
+  int native_handle();
   void stop();
 
  private:

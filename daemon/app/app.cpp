@@ -1,4 +1,9 @@
-// App: wiring of listen/, echo/, udp/, admin/ and the lifecycle; see app.hpp.
+// App: wiring of listen/, echo/, udp/, admin/ and lifecycle/; see app.hpp.
+//
+// Who speaks for the service: the process that is "main" (started by hand or by
+// systemd, or a successor once it reported ready). After a handover the old process
+// is no longer main: it sends nothing to systemd, leaves the pid file and the Unix
+// socket files alone, and only drains.
 #include "app/app.hpp"
 
 #include <signal.h>
@@ -8,13 +13,17 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <spdlog/spdlog.h>
+#include <sstream>
 #include <thread>
 
 #include "admin/server.hpp"
 #include "app/worker.hpp"
 #include "echo/session.hpp"
+#include "lifecycle/readiness.hpp"
+#include "lifecycle/restart.hpp"
 #include "listen/acceptor.hpp"
 #include "listen/open.hpp"
 #include "obs/metrics.hpp"
@@ -28,12 +37,17 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// The admin socket travels with the listeners under a name no listener can have
+// (listener names are [A-Za-z0-9_.-]).
+constexpr const char* kAdminFdName = "+admin";
+
 unsigned worker_count(unsigned configured) {
   if (configured > 0) return configured;
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// Written whole or not at all: readers (tests, scripts) never see half a file.
+// Written whole or not at all: readers (tests, scripts, systemd's PIDFile=) never see
+// half a file.
 bool write_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
@@ -44,20 +58,46 @@ bool write_atomically(const std::string& path, const std::string& text) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, sep);) {
+    if (!part.empty()) parts.push_back(part);
+  }
+  return parts;
+}
+
+std::vector<std::string> take_owned_paths() {
+  const char* value = std::getenv(lifecycle::kOwnedPathsEnv);
+  if (!value) return {};
+  auto names = split(value, ':');
+  ::unsetenv(lifecycle::kOwnedPathsEnv);
+  return names;
+}
+
 }  // namespace
 
 struct App::Impl {
-  Impl(config::Config c, Options o) : config(std::move(c)), options(std::move(o)), pool(worker_count(config.daemon.workers)) {}
+  Impl(config::Config c, Options o)
+      : config(std::move(c)), options(std::move(o)), pool(worker_count(config.daemon.workers)) {}
 
   int run();
-  Result<void> open_listeners();
+  Result<void> open_listeners(listen::InheritedSockets& inherited);
+  Result<void> start_admin(listen::InheritedSockets& inherited);
   void start_serving();
+  void become_main();
   void begin_drain();
   void check_drain();
   void finish_drain();
   void on_signal(const boost::system::error_code& ec, int signo);
   void wait_for_signal();
+  void pet_watchdog();
+  void handed_over(pid_t successor);
+  void restart_failed(const std::string& reason);
+  std::vector<os::NamedFd> handover_fds();
   std::string bound_addresses() const;
+  std::string status_line() const;
+  void cleanup_files();
 
   config::Config config;
   Options options;
@@ -65,33 +105,49 @@ struct App::Impl {
   asio::io_context control{1};
   asio::signal_set signals{control};
   asio::steady_timer drain_timer{control};
+  asio::steady_timer watchdog_timer{control};
   WorkerPool pool;
   std::vector<listen::OpenListener> listeners;
   std::vector<std::unique_ptr<listen::StreamAcceptor>> acceptors;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
+  std::unique_ptr<lifecycle::Restarter> restarter;
+  std::optional<std::chrono::microseconds> watchdog;
+  std::vector<std::unique_ptr<std::atomic<std::uint64_t>>> worker_beats;
+  std::vector<std::uint64_t> beats_seen;
+  std::vector<std::string> owned_paths = take_owned_paths();  // from the predecessor
   Clock::time_point drain_deadline{};
+  bool is_main = true;  // false once a successor took over
   bool draining = false;
   bool forced = false;
-  bool stopping_announced = false;
 };
 
-Result<void> App::Impl::open_listeners() {
-  listen::InheritedSockets inherited(os::take_listen_fds());
+Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
   for (const auto& spec : config.listeners) {
     auto open = listen::open_listener(spec, inherited);
     if (!open) {
-      for (auto& l : listeners) listen::remove_socket_file(l);
+      cleanup_files();
       return make_error(open.error());
+    }
+    if (open->inherited && spec.endpoint.kind == net::Endpoint::Kind::UnixPath) {
+      open->owns_path = std::find(owned_paths.begin(), owned_paths.end(), spec.name) != owned_paths.end();
     }
     spdlog::info("listening on {} {} as {}{}", to_string(spec.protocol), open->local.to_string(), spec.name,
                  open->inherited ? " (inherited)" : "");
     listeners.push_back(std::move(*open));
   }
-  for (const auto& name : inherited.close_unclaimed()) {
-    spdlog::info("closed inherited socket {}: no listener claims it", name);
-  }
+  return {};
+}
+
+Result<void> App::Impl::start_admin(listen::InheritedSockets& inherited) {
+  net::Fd inherited_admin = inherited.take_named(kAdminFdName);
+  if (!config.admin.enabled) return {};
+  admin_server = std::make_unique<admin::Server>(control, metrics, [this] { return !draining; });
+  auto bound = admin_server->start(config.admin.listen, inherited_admin.get());
+  if (!bound) return make_error(bound.error());
+  admin_bound = *bound;
+  spdlog::info("admin endpoint on http://{}/metrics", admin_bound->to_string());
   return {};
 }
 
@@ -140,6 +196,54 @@ std::string App::Impl::bound_addresses() const {
   return text;
 }
 
+std::string App::Impl::status_line() const {
+  return fmt::format("serving {} listeners, {} connections, {} restarts", listeners.size(),
+                     metrics.connections_active_total.load(std::memory_order_relaxed),
+                     metrics.restarts.load(std::memory_order_relaxed));
+}
+
+// This process now speaks for the service: pid file, then MAINPID and READY (a
+// supervisor or systemd follows MAINPID), the fd store, then the predecessor.
+void App::Impl::become_main() {
+  const pid_t pid = ::getpid();
+  if (!config.daemon.pid_file.empty() && !write_atomically(config.daemon.pid_file, std::to_string(pid) + "\n")) {
+    spdlog::error("cannot write pid file {}", config.daemon.pid_file);
+  }
+  for (const auto& open : listeners) {
+    std::vector<int> fds;
+    for (const auto& fd : open.fds) fds.push_back(fd.get());
+    os::store_fds(open.spec->name, fds);
+  }
+  if (admin_server && admin_server->native_handle() >= 0) os::store_fds(kAdminFdName, {admin_server->native_handle()});
+  os::notify(fmt::format("MAINPID={}\nREADY=1\nSTATUS={}", pid, status_line()));
+  lifecycle::report_ready(options.ready_fd);
+}
+
+std::vector<os::NamedFd> App::Impl::handover_fds() {
+  std::vector<os::NamedFd> fds;
+  for (const auto& open : listeners) {
+    for (const auto& fd : open.fds) fds.push_back({fd.get(), open.spec->name});
+  }
+  if (admin_server && admin_server->native_handle() >= 0) fds.push_back({admin_server->native_handle(), kAdminFdName});
+  return fds;
+}
+
+void App::Impl::handed_over(pid_t successor) {
+  metrics.restarts.fetch_add(1, std::memory_order_relaxed);
+  is_main = false;
+  // The successor serves these paths now; unlinking them would take its address away.
+  for (auto& open : listeners) open.owns_path = false;
+  spdlog::info("successor pid {} serves; draining", successor);
+  if (admin_server) admin_server->stop();
+  watchdog_timer.cancel();
+  begin_drain();
+}
+
+void App::Impl::restart_failed(const std::string& reason) {
+  metrics.restart_failures.fetch_add(1, std::memory_order_relaxed);
+  os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
+}
+
 void App::Impl::wait_for_signal() {
   signals.async_wait([this](const boost::system::error_code& ec, int signo) { on_signal(ec, signo); });
 }
@@ -158,7 +262,11 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
       begin_drain();
       break;
     case SIGHUP:
-      spdlog::warn("SIGHUP: hot restart is not available in this build; still serving");
+      if (draining) {
+        spdlog::info("SIGHUP while draining: ignored");
+      } else {
+        restarter->request();
+      }
       break;
     case SIGUSR1:
       spdlog::info("SIGUSR1: logs go to stderr or the journal; nothing to reopen");
@@ -171,7 +279,7 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
 
 void App::Impl::begin_drain() {
   draining = true;
-  stopping_announced = os::notify("STOPPING=1");
+  if (is_main) os::notify("STOPPING=1\nSTATUS=draining");
   drain_deadline = Clock::now() + config.daemon.drain_timeout;
   spdlog::info("drain: {} connections, deadline {}ms", metrics.connections_active_total.load(),
                config.daemon.drain_timeout.count());
@@ -196,6 +304,11 @@ void App::Impl::check_drain() {
                  [worker = w.get()] { lifecycle::for_each_session(worker->sessions, [](auto& s) { s.close_now(); }); });
     }
   }
+  if (is_main && watchdog) {
+    // A long drain must not trip systemd's stop timeout while work still finishes.
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(drain_deadline - Clock::now());
+    if (left.count() > 0) os::notify(fmt::format("EXTEND_TIMEOUT_USEC={}", left.count() + 1000000));
+  }
   drain_timer.expires_after(std::chrono::milliseconds(20));
   drain_timer.async_wait([this](const boost::system::error_code& ec) {
     if (!ec) check_drain();
@@ -204,41 +317,96 @@ void App::Impl::check_drain() {
 
 void App::Impl::finish_drain() {
   drain_timer.cancel();
+  watchdog_timer.cancel();
   signals.cancel();
   if (admin_server) admin_server->stop();
   control.stop();
 }
 
+// WATCHDOG=1 only while every worker loop turns: each tick posts a heartbeat to every
+// worker and pets systemd only if all of the previous tick's heartbeats ran.
+void App::Impl::pet_watchdog() {
+  bool all_alive = true;
+  for (std::size_t i = 0; i < worker_beats.size(); ++i) {
+    const auto beat = worker_beats[i]->load(std::memory_order_relaxed);
+    if (beat == beats_seen[i]) all_alive = false;
+    beats_seen[i] = beat;
+  }
+  if (all_alive) {
+    os::notify("WATCHDOG=1");
+  } else {
+    spdlog::warn("watchdog: a worker loop did not respond; not petting");
+  }
+  for (std::size_t i = 0; i < worker_beats.size(); ++i) {
+    asio::post(pool.all()[i]->ctx, [beat = worker_beats[i].get()] { beat->fetch_add(1, std::memory_order_relaxed); });
+  }
+  watchdog_timer.expires_after(*watchdog / 3);
+  watchdog_timer.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) pet_watchdog();
+  });
+}
+
+void App::Impl::cleanup_files() {
+  for (auto& l : listeners) listen::remove_socket_file(l);
+}
+
 int App::Impl::run() {
   ::signal(SIGPIPE, SIG_IGN);
-  // Registered before the listeners open, so a SIGTERM during start-up drains
-  // instead of killing the process with Unix socket files left behind.
+  // Registered before the listeners open, so a signal during start-up is handled by
+  // the loop instead of killing the process with socket files left behind.
   signals.add(SIGTERM);
   signals.add(SIGINT);
   signals.add(SIGHUP);
   signals.add(SIGUSR1);
 
-  if (auto r = open_listeners(); !r) {
-    spdlog::error("{}", r.error());
-    return 1;
-  }
-  if (config.admin.enabled) {
-    admin_server = std::make_unique<admin::Server>(control, metrics, [this] { return !draining; });
-    auto bound = admin_server->start(config.admin.listen);
-    if (!bound) {
-      spdlog::error("{}", bound.error());
-      for (auto& l : listeners) listen::remove_socket_file(l);
+  {
+    listen::InheritedSockets inherited(os::take_listen_fds());
+    if (auto r = open_listeners(inherited); !r) {
+      spdlog::error("{}", r.error());
+      lifecycle::report_failure(options.ready_fd, r.error());
       return 1;
     }
-    admin_bound = *bound;
-    spdlog::info("admin endpoint on http://{}/metrics", admin_bound->to_string());
+    if (auto r = start_admin(inherited); !r) {
+      spdlog::error("{}", r.error());
+      lifecycle::report_failure(options.ready_fd, r.error());
+      cleanup_files();
+      return 1;
+    }
+    // Owned paths of listeners the new config dropped are removed with their sockets.
+    for (const auto& name : inherited.close_unclaimed(owned_paths)) {
+      spdlog::info("closed inherited socket {}: no listener claims it", name);
+      os::remove_stored_fds(name);
+    }
   }
+
+  restarter = std::make_unique<lifecycle::Restarter>(
+      control, options.exe_path, options.argv, config.daemon.restart_timeout,
+      lifecycle::Restarter::Hooks{
+          [this] { return handover_fds(); },
+          [this] {
+            std::string owned;
+            for (const auto& open : listeners) {
+              if (open.owns_path) owned += (owned.empty() ? "" : ":") + open.spec->name;
+            }
+            return std::vector<std::string>{std::string(lifecycle::kOwnedPathsEnv) + "=" + owned};
+          },
+          [this](pid_t pid) { handed_over(pid); },
+          [this](const std::string& reason) { restart_failed(reason); }});
+
   start_serving();
   if (!options.bound_addresses_file.empty() && !write_atomically(options.bound_addresses_file, bound_addresses())) {
     spdlog::error("cannot write {}", options.bound_addresses_file);
   }
   wait_for_signal();
-  os::notify(fmt::format("READY=1\nSTATUS=serving {} listeners\nMAINPID={}", listeners.size(), ::getpid()));
+  watchdog = os::watchdog_interval();
+  if (watchdog) {
+    for (std::size_t i = 0; i < pool.all().size(); ++i) {
+      worker_beats.push_back(std::make_unique<std::atomic<std::uint64_t>>(1));
+      beats_seen.push_back(0);
+    }
+    pet_watchdog();
+  }
+  become_main();
   spdlog::info("echorelayd {} ready: {} listeners, {} workers", ECHORELAY_VERSION, listeners.size(), pool.all().size());
 
   control.run();
@@ -246,7 +414,15 @@ int App::Impl::run() {
   acceptors.clear();
   for (auto& u : udp_servers) u->stop();
   pool.stop();
-  for (auto& l : listeners) listen::remove_socket_file(l);
+  if (is_main) {
+    cleanup_files();
+    if (!config.daemon.pid_file.empty()) {
+      // Only our own pid file: a successor may already have replaced it.
+      std::ifstream in(config.daemon.pid_file);
+      pid_t written = 0;
+      if (in >> written && written == ::getpid()) ::unlink(config.daemon.pid_file.c_str());
+    }
+  }
   spdlog::info("stopped{}", forced ? " (connections closed at the deadline)" : "");
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/config.hpp"
 
@@ -14,6 +15,12 @@ struct Options {
   // Where to write "NAME PROTOCOL ADDRESS" lines once every listener is open (the real
   // ports of port-0 binds); empty = nowhere.
   std::string bound_addresses_file;
+  // How to start a successor on SIGHUP: the binary path as it was found at start (a
+  // file replaced there is the upgrade) and our own command line.
+  std::string exe_path;
+  std::vector<std::string> argv;
+  // Write end of the predecessor's readiness pipe; -1 when started by hand or systemd.
+  int ready_fd = -1;
 };
 
 class App {

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <spdlog/spdlog.h>
@@ -229,30 +230,48 @@ InheritedSockets::~InheritedSockets() = default;
 
 std::vector<net::Fd> InheritedSockets::take(const config::Listener& spec) {
   std::vector<net::Fd> taken;
-  for (auto& e : entries_) {
-    if (e.fd && e.name == spec.name) taken.push_back(std::move(e.fd));
-  }
-  if (!taken.empty()) return taken;
   auto want = canonical(spec.endpoint);
   if (!want) return taken;
+  const bool any_port = want->kind == net::Endpoint::Kind::Inet && want->port == 0;
+  auto fits = [&](int fd, bool by_name) {
+    auto id = net::identify_socket(fd);
+    if (!id || id->type != socket_type(spec)) return false;
+    if (any_port) {
+      // Port 0 means "any port": the name identifies the socket (a test's or a
+      // reload's port-0 listener keeps its port), but an address alone cannot.
+      net::Endpoint local = id->local;
+      local.port = 0;
+      return by_name && local == *want;
+    }
+    return id->local == *want;
+  };
   for (auto& e : entries_) {
-    if (!e.fd) continue;
-    auto id = net::identify_socket(e.fd.get());
-    if (!id || id->type != socket_type(spec)) continue;
-    // Port 0 means "any": it can never identify a particular inherited socket.
-    if (want->kind == net::Endpoint::Kind::Inet && want->port == 0) continue;
-    if (id->local == *want) taken.push_back(std::move(e.fd));
+    if (e.fd && e.name == spec.name && fits(e.fd.get(), true)) taken.push_back(std::move(e.fd));
+  }
+  if (!taken.empty()) return taken;
+  for (auto& e : entries_) {
+    if (e.fd && fits(e.fd.get(), false)) taken.push_back(std::move(e.fd));
   }
   return taken;
 }
 
-std::vector<std::string> InheritedSockets::close_unclaimed() {
+net::Fd InheritedSockets::take_named(const std::string& name) {
+  for (auto& e : entries_) {
+    if (e.fd && e.name == name) return std::move(e.fd);
+  }
+  return {};
+}
+
+std::vector<std::string> InheritedSockets::close_unclaimed(const std::vector<std::string>& owned_paths) {
   std::vector<std::string> names;
   for (auto& e : entries_) {
-    if (e.fd) {
-      names.push_back(e.name);
-      e.fd.reset();
+    if (!e.fd) continue;
+    if (std::find(owned_paths.begin(), owned_paths.end(), e.name) != owned_paths.end()) {
+      auto id = net::identify_socket(e.fd.get());
+      if (id && id->local.kind == net::Endpoint::Kind::UnixPath) ::unlink(id->local.path.c_str());
     }
+    names.push_back(e.name);
+    e.fd.reset();
   }
   return names;
 }

@@ -31,11 +31,16 @@ class InheritedSockets {
   InheritedSockets(const InheritedSockets&) = delete;
   InheritedSockets& operator=(const InheritedSockets&) = delete;
 
-  // All sockets named `spec.name`; if none, every unnamed/unknown-named socket whose
-  // family, type and local address equal the spec's.
+  // All sockets named `spec.name` that still fit the spec (type, and address unless
+  // the spec asks for port 0); if none, every socket whose type and local address equal
+  // the spec's, whatever its name (a renamed listener keeps its socket).
   std::vector<net::Fd> take(const config::Listener& spec);
-  // Closes every socket nobody took and returns their names, for the log.
-  std::vector<std::string> close_unclaimed();
+  // The one socket with this exact name (e.g. the admin endpoint's), if any.
+  net::Fd take_named(const std::string& name);
+  // Closes every socket nobody took and returns their names, for the log. A Unix path
+  // socket whose name is in `owned_paths` (the predecessor created its file) has its
+  // file removed too: no listener serves that path any more.
+  std::vector<std::string> close_unclaimed(const std::vector<std::string>& owned_paths);
 
  private:
   struct Entry {

@@ -32,6 +32,19 @@ bool notify(std::string_view state) {
   return sd_notify(0, s.c_str()) > 0;
 }
 
+bool store_fds(const std::string& name, const std::vector<int>& fds) {
+  if (fds.empty() || !notify_socket_set()) return false;
+  const std::string state = "FDSTORE=1\nFDNAME=" + name;
+  return sd_pid_notify_with_fds(0, 0, state.c_str(), fds.data(), static_cast<unsigned>(fds.size())) > 0;
+}
+
+bool remove_stored_fds(const std::string& name) {
+  if (!notify_socket_set()) return false;
+  return notify("FDSTOREREMOVE=1\nFDNAME=" + name);
+}
+
+bool notify_socket_set() { return std::getenv("NOTIFY_SOCKET") != nullptr; }
+
 std::optional<std::chrono::microseconds> watchdog_interval() {
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) return std::chrono::microseconds(usec);

@@ -23,6 +23,14 @@ std::vector<InheritedFd> take_listen_fds();
 // sd_notify(0, state); false when there is no NOTIFY_SOCKET or sending failed.
 bool notify(std::string_view state);
 
+// Puts `fds` into the service manager's fd store under `name` (FDSTORE=1, FDNAME=), so
+// a plain `systemctl restart` hands them back through LISTEN_FDS. False without
+// NOTIFY_SOCKET or when the manager refused.
+bool store_fds(const std::string& name, const std::vector<int>& fds);
+// FDSTOREREMOVE=1 for a name no listener uses any more.
+bool remove_stored_fds(const std::string& name);
+bool notify_socket_set();
+
 // WATCHDOG_USEC for this process, if the service manager wants pings.
 std::optional<std::chrono::microseconds> watchdog_interval();
 

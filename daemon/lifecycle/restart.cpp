@@ -1,0 +1,191 @@
+// Restarter; see restart.hpp. Why each step is where it is:
+// - the pipe's read end is CLOEXEC and its write end is closed in the parent right after
+//   spawning, so EOF means "the successor closed it or died" and never hangs on a copy
+//   of our own;
+// - a successor that failed is killed and reaped here (it is our child); one that is
+//   ready outlives us and is reparented to the supervisor, systemd or init.
+#include "lifecycle/restart.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <istream>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "lifecycle/readiness.hpp"
+#include "net/socket_options.hpp"
+#include "os/systemd.hpp"
+
+namespace echorelay::lifecycle {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) {
+    const int code = WEXITSTATUS(status);
+    return "exited with status " + std::to_string(code) + (code == 78 ? " (configuration error)" : "");
+  }
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "stopped";
+}
+
+std::uint64_t monotonic_usec() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000u + static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+}  // namespace
+
+struct Restarter::Impl : std::enable_shared_from_this<Impl> {
+  enum class State { Idle, Waiting, Done };
+
+  Impl(asio::io_context& c, std::string exe, std::vector<std::string> args, config::Duration t, Hooks h)
+      : control(c), exe_path(std::move(exe)), argv(std::move(args)), timeout(t), hooks(std::move(h)), timer(c) {}
+
+  void start();
+  void succeed(pid_t pid);
+  void fail(const std::string& reason);
+  // Reaps the child; if it is still alive after a short grace period, kills it first.
+  std::string reap(bool kill_now);
+
+  asio::io_context& control;
+  std::string exe_path;
+  std::vector<std::string> argv;
+  config::Duration timeout;
+  Hooks hooks;
+  asio::steady_timer timer;
+  std::unique_ptr<asio::posix::stream_descriptor> pipe;
+  asio::streambuf line;
+  State state = State::Idle;
+  pid_t child = -1;
+  std::chrono::steady_clock::time_point started;
+};
+
+std::string Restarter::Impl::reap(bool kill_now) {
+  if (child <= 0) return "not started";
+  int status = 0;
+  if (!kill_now) {
+    // EOF on the pipe usually means the process is exiting; give it a moment so the
+    // status we report is its own, not our SIGKILL.
+    for (int i = 0; i < 50; ++i) {
+      if (::waitpid(child, &status, WNOHANG) == child) {
+        child = -1;
+        return describe_status(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ::kill(child, SIGKILL);
+  ::waitpid(child, &status, 0);
+  child = -1;
+  return describe_status(status);
+}
+
+void Restarter::Impl::start() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    fail("pipe: " + net::errno_text(errno));
+    return;
+  }
+  os::SpawnRequest request;
+  request.path = exe_path;
+  request.argv = argv;
+  request.env = os::current_environment();
+  request.fds = hooks.handover_fds();
+  request.extra_env = hooks.extra_env();
+  request.extra_fd = fds[1];
+  request.extra_fd_env = kReadyFdEnv;
+  started = std::chrono::steady_clock::now();
+  auto pid = os::spawn_with_fds(request);
+  ::close(fds[1]);
+  if (!pid) {
+    ::close(fds[0]);
+    fail(pid.error());
+    return;
+  }
+  child = *pid;
+  state = State::Waiting;
+  spdlog::info("hot restart: started successor pid {} from {} with {} sockets", child, exe_path, request.fds.size());
+  pipe = std::make_unique<asio::posix::stream_descriptor>(control, fds[0]);
+  line.consume(line.size());
+
+  timer.expires_after(timeout);
+  timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (ec || self->state != State::Waiting) return;
+    const auto status = self->reap(true);
+    self->fail("successor not ready within " + std::to_string(self->timeout.count()) + "ms (" + status + ")");
+  });
+  asio::async_read_until(*pipe, line, '\n', [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+    if (self->state != State::Waiting) return;
+    std::string message;
+    if (!ec) {
+      std::istream in(&self->line);
+      std::getline(in, message);
+    }
+    if (message.rfind("READY", 0) == 0) {
+      self->succeed(self->child);
+    } else if (message.rfind("FAILED ", 0) == 0) {
+      const auto status = self->reap(false);
+      self->fail(message.substr(7) + " (" + status + ")");
+    } else {
+      const auto status = self->reap(false);
+      self->fail("successor " + status + " before it was ready");
+    }
+  });
+}
+
+void Restarter::Impl::succeed(pid_t pid) {
+  state = State::Done;
+  timer.cancel();
+  pipe.reset();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+  spdlog::info("handover done, successor pid {} ready after {}ms", pid, took.count());
+  hooks.on_ready(pid);
+}
+
+void Restarter::Impl::fail(const std::string& reason) {
+  state = State::Idle;
+  timer.cancel();
+  pipe.reset();
+  spdlog::error("hot restart failed: {}; still serving", reason);
+  hooks.on_failed(reason);
+}
+
+Restarter::Restarter(asio::io_context& control, std::string exe_path, std::vector<std::string> argv,
+                     config::Duration timeout, Hooks hooks)
+    : impl_(std::make_shared<Impl>(control, std::move(exe_path), std::move(argv), timeout, std::move(hooks))) {}
+
+Restarter::~Restarter() {
+  // A successor still starting when we stop would be left half-ready with our sockets.
+  if (impl_->state == Impl::State::Waiting) impl_->reap(true);
+}
+
+void Restarter::request() {
+  switch (impl_->state) {
+    case Impl::State::Waiting:
+      spdlog::info("SIGHUP: a restart is already in progress (successor pid {})", impl_->child);
+      return;
+    case Impl::State::Done:
+      spdlog::info("SIGHUP: already handed over; this process is draining");
+      return;
+    case Impl::State::Idle:
+      break;
+  }
+  os::notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()) + "\nSTATUS=hot restart in progress");
+  impl_->start();
+}
+
+bool Restarter::busy() const { return impl_->state != Impl::State::Idle; }
+
+}  // namespace echorelay::lifecycle

@@ -1,0 +1,108 @@
+// fork/exec with fd passing; see spawn.hpp. The child side follows systemd's
+// exec_child(): move fds out of the way, dup2 into place, fill LISTEN_PID, reset the
+// signal state the parent's event loop set up, execve.
+#include "os/spawn.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "net/socket_options.hpp"
+
+extern char** environ;
+
+namespace echorelay::os {
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Async-signal-safe decimal formatting for the child.
+void write_decimal(char* out, long value) {
+  char digits[24];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value > 0);
+  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+}
+
+}  // namespace
+
+std::vector<std::string> current_environment() {
+  std::vector<std::string> env;
+  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  return env;
+}
+
+Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
+  std::vector<std::string> env;
+  for (const auto& e : request.env) {
+    // A watchdog meant for us must not make the successor think it is watched under
+    // our pid; systemd re-targets it through MAINPID.
+    if (starts_with(e, "LISTEN_FDS=") || (!request.extra_fd_env.empty() && starts_with(e, request.extra_fd_env + "=")) || starts_with(e, "LISTEN_PID=") || starts_with(e, "LISTEN_FDNAMES=") ||
+        starts_with(e, "WATCHDOG_PID=")) {
+      continue;
+    }
+    env.push_back(e);
+  }
+  std::string names;
+  for (const auto& f : request.fds) names += (names.empty() ? "" : ":") + f.name;
+  env.push_back("LISTEN_FDS=" + std::to_string(request.fds.size()));
+  env.push_back("LISTEN_FDNAMES=" + names);
+  for (const auto& e : request.extra_env) env.push_back(e);
+  if (request.extra_fd >= 0) env.push_back(request.extra_fd_env + "=" + std::to_string(3 + request.fds.size()));
+  // Reserved room for the child's pid, filled in after fork.
+  env.push_back("LISTEN_PID=" + std::string(23, '0'));
+
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  char* listen_pid_digits = env.back().data() + std::strlen("LISTEN_PID=");
+
+  std::vector<std::string> argv_copy = request.argv;
+  std::vector<char*> argv;
+  for (auto& a : argv_copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  std::vector<int> sources;
+  for (const auto& f : request.fds) sources.push_back(f.fd);
+  if (request.extra_fd >= 0) sources.push_back(request.extra_fd);
+  const int count = static_cast<int>(sources.size());
+  std::vector<int> moved(sources.size(), -1);
+  std::string path = request.path;
+
+  const pid_t pid = ::fork();
+  if (pid < 0) return make_error("fork: " + net::errno_text(errno));
+  if (pid == 0) {
+    // Child: async-signal-safe calls only from here on.
+    // First move every source above the target range, so no dup2 overwrites a source
+    // that is still to be placed (a source may already sit at 3..3+n-1).
+    for (int i = 0; i < count; ++i) {
+      moved[static_cast<std::size_t>(i)] = ::fcntl(sources[static_cast<std::size_t>(i)], F_DUPFD, 3 + count);
+      if (moved[static_cast<std::size_t>(i)] < 0) ::_exit(126);
+    }
+    for (int i = 0; i < count; ++i) {
+      // dup2 clears FD_CLOEXEC on the target: these are the fds the successor inherits.
+      if (::dup2(moved[static_cast<std::size_t>(i)], 3 + i) < 0) ::_exit(126);
+      ::close(moved[static_cast<std::size_t>(i)]);
+    }
+    write_decimal(listen_pid_digits, static_cast<long>(::getpid()));
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(path.c_str(), argv.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+}  // namespace echorelay::os
