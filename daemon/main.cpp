@@ -13,6 +13,7 @@
 #include "lifecycle/readiness.hpp"
 #include "lifecycle/supervisor.hpp"
 #include "obs/log.hpp"
+#include "version.hpp"
 
 namespace {
 
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(cli, argc, argv);
 
   if (version) {
-    std::printf("echorelayd %s\n", ECHORELAY_VERSION);
+    std::printf("echorelayd %s\n", kVersion);
     return 0;
   }
   if (*probe_cmd) return app::run_probe(probe);

@@ -29,6 +29,7 @@
 #include "obs/metrics.hpp"
 #include "os/systemd.hpp"
 #include "udp/udp_echo.hpp"
+#include "version.hpp"
 
 namespace echorelay::app {
 
@@ -407,7 +408,7 @@ int App::Impl::run() {
     pet_watchdog();
   }
   become_main();
-  spdlog::info("echorelayd {} ready: {} listeners, {} workers", ECHORELAY_VERSION, listeners.size(), pool.all().size());
+  spdlog::info("echorelayd {} ready: {} listeners, {} workers", kVersion, listeners.size(), pool.all().size());
 
   control.run();
 
