@@ -119,6 +119,7 @@ struct App::Impl {
   std::vector<std::uint64_t> beats_seen;
   std::vector<std::string> owned_paths = take_owned_paths();  // from the predecessor
   Clock::time_point drain_deadline{};
+  Clock::time_point last_extend{};
   bool is_main = true;  // false once a successor took over
   bool draining = false;
   bool forced = false;
@@ -230,7 +231,6 @@ std::vector<os::NamedFd> App::Impl::handover_fds() {
 }
 
 void App::Impl::handed_over(pid_t successor) {
-  metrics.restarts.fetch_add(1, std::memory_order_relaxed);
   is_main = false;
   // The successor serves these paths now; unlinking them would take its address away.
   for (auto& open : listeners) open.owns_path = false;
@@ -305,10 +305,12 @@ void App::Impl::check_drain() {
                  [worker = w.get()] { lifecycle::for_each_session(worker->sessions, [](auto& s) { s.close_now(); }); });
     }
   }
-  if (is_main && watchdog) {
-    // A long drain must not trip systemd's stop timeout while work still finishes.
-    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(drain_deadline - Clock::now());
-    if (left.count() > 0) os::notify(fmt::format("EXTEND_TIMEOUT_USEC={}", left.count() + 1000000));
+  if (is_main && os::notify_socket_set() && Clock::now() - last_extend >= std::chrono::seconds(1)) {
+    // A long drain must not trip systemd's stop timeout while work still finishes:
+    // keep the stop timer ahead of the drain deadline.
+    last_extend = Clock::now();
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(drain_deadline - last_extend);
+    if (left.count() > 0) os::notify(fmt::format("EXTEND_TIMEOUT_USEC={}", left.count() + 2000000));
   }
   drain_timer.expires_after(std::chrono::milliseconds(20));
   drain_timer.async_wait([this](const boost::system::error_code& ec) {
@@ -353,6 +355,11 @@ void App::Impl::cleanup_files() {
 
 int App::Impl::run() {
   ::signal(SIGPIPE, SIG_IGN);
+  // echorelay_restarts_total counts over the whole chain of successors.
+  if (const char* restarts = std::getenv(lifecycle::kRestartsEnv)) {
+    metrics.restarts.store(std::strtoull(restarts, nullptr, 10));
+    ::unsetenv(lifecycle::kRestartsEnv);
+  }
   // Registered before the listeners open, so a signal during start-up is handled by
   // the loop instead of killing the process with socket files left behind.
   signals.add(SIGTERM);
@@ -389,7 +396,9 @@ int App::Impl::run() {
             for (const auto& open : listeners) {
               if (open.owns_path) owned += (owned.empty() ? "" : ":") + open.spec->name;
             }
-            return std::vector<std::string>{std::string(lifecycle::kOwnedPathsEnv) + "=" + owned};
+            return std::vector<std::string>{
+                std::string(lifecycle::kOwnedPathsEnv) + "=" + owned,
+                std::string(lifecycle::kRestartsEnv) + "=" + std::to_string(metrics.restarts.load() + 1)};
           },
           [this](pid_t pid) { handed_over(pid); },
           [this](const std::string& reason) { restart_failed(reason); }});

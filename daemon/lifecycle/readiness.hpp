@@ -12,6 +12,9 @@ inline constexpr const char* kReadyFdEnv = "ECHORELAY_READY_FD";
 // so the successor removes them at its own exit.
 inline constexpr const char* kOwnedPathsEnv = "ECHORELAY_OWNED_PATHS";
 
+// How many hot restarts came before this process (for echorelay_restarts_total).
+inline constexpr const char* kRestartsEnv = "ECHORELAY_RESTARTS";
+
 // Reads and unsets ECHORELAY_READY_FD; -1 when this process is not a successor.
 int take_ready_fd();
 void report_ready(int& fd);
