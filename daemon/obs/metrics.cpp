@@ -32,6 +32,19 @@ std::string_view to_string(Drop d) {
   return "unknown";
 }
 
+std::string_view to_string(UpstreamError e) {
+  switch (e) {
+    case UpstreamError::Refused: return "refused";
+    case UpstreamError::Reset: return "reset";
+    case UpstreamError::Timeout: return "timeout";
+    case UpstreamError::Unreachable: return "unreachable";
+    case UpstreamError::Resolve: return "resolve";
+    case UpstreamError::Other: return "other";
+    case UpstreamError::Count: break;
+  }
+  return "unknown";
+}
+
 ListenerCounters& Registry::listener(const std::string& name) {
   std::lock_guard lock(mutex_);
   for (auto& l : listeners_) {
@@ -89,6 +102,31 @@ std::string Registry::render_prometheus() const {
       fmt::format_to(std::back_inserter(out), "echorelay_refused_total{{listener=\"{}\",reason=\"{}\"}} {}\n", l.name,
                      to_string(static_cast<Refuse>(i)), load(l.refused[i]));
     }
+  }
+  per_listener("echorelay_upstream_bytes_sent_total", "counter", "Bytes relayed to upstreams.",
+               [](const ListenerCounters& l) { return load(l.upstream_bytes_sent); });
+  per_listener("echorelay_upstream_bytes_received_total", "counter", "Bytes relayed from upstreams.",
+               [](const ListenerCounters& l) { return load(l.upstream_bytes_received); });
+  family(out, "echorelay_upstream_errors_total", "counter", "Upstream connect or transfer failures, by class.");
+  for (const auto& l : listeners_) {
+    for (unsigned i = 0; i < static_cast<unsigned>(UpstreamError::Count); ++i) {
+      fmt::format_to(std::back_inserter(out), "echorelay_upstream_errors_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
+                     l.name, to_string(static_cast<UpstreamError>(i)), load(l.upstream_errors[i]));
+    }
+  }
+  family(out, "echorelay_upstream_connect_seconds", "histogram", "Time to connect to an upstream.");
+  for (const auto& l : listeners_) {
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i <= kConnectBuckets.size(); ++i) {
+      cumulative += load(l.connect_buckets[i]);
+      const std::string le = i < kConnectBuckets.size() ? fmt::format("{}", kConnectBuckets[i]) : "+Inf";
+      fmt::format_to(std::back_inserter(out), "echorelay_upstream_connect_seconds_bucket{{listener=\"{}\",le=\"{}\"}} {}\n",
+                     l.name, le, cumulative);
+    }
+    fmt::format_to(std::back_inserter(out), "echorelay_upstream_connect_seconds_sum{{listener=\"{}\"}} {}\n", l.name,
+                   static_cast<double>(load(l.connect_micros)) / 1e6);
+    fmt::format_to(std::back_inserter(out), "echorelay_upstream_connect_seconds_count{{listener=\"{}\"}} {}\n", l.name,
+                   load(l.connect_count));
   }
   family(out, "echorelay_restarts_total", "counter", "Hot restarts handed over to a successor.");
   fmt::format_to(std::back_inserter(out), "echorelay_restarts_total {}\n", load(restarts));

@@ -26,6 +26,14 @@ enum class Refuse : unsigned {
 };
 std::string_view to_string(Refuse);
 
+// Why a relay could not reach (or lost) its upstream: Go's net error classes.
+enum class UpstreamError : unsigned { Refused, Reset, Timeout, Unreachable, Resolve, Other, Count };
+std::string_view to_string(UpstreamError);
+
+// Bucket upper bounds (seconds) of echorelay_upstream_connect_seconds.
+inline constexpr std::array<double, 12> kConnectBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                           0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+
 enum class Drop : unsigned { QueueFull, RateLimited, DeniedPort, Truncated, SendFailed, Count };
 std::string_view to_string(Drop);
 
@@ -44,10 +52,25 @@ struct ListenerCounters {
   Counter datagrams_sent{0};
   std::array<Counter, static_cast<unsigned>(Drop::Count)> dropped{};
   std::array<Counter, static_cast<unsigned>(Refuse::Count)> refused{};
+  // relay
+  std::array<Counter, static_cast<unsigned>(UpstreamError::Count)> upstream_errors{};
+  std::array<Counter, kConnectBuckets.size() + 1> connect_buckets{};  // last = +Inf
+  Counter connect_count{0};
+  Counter connect_micros{0};  // sum, for the histogram's _sum
+  Counter upstream_bytes_sent{0};
+  Counter upstream_bytes_received{0};
 
   void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
   void refuse(Refuse r) { add(refused[static_cast<unsigned>(r)]); }
   void drop(Drop d, std::uint64_t n = 1) { add(dropped[static_cast<unsigned>(d)], n); }
+  void upstream_error(UpstreamError e) { add(upstream_errors[static_cast<unsigned>(e)]); }
+  void observe_connect(double seconds) {
+    std::size_t i = 0;
+    while (i < kConnectBuckets.size() && seconds > kConnectBuckets[i]) ++i;
+    add(connect_buckets[i]);
+    add(connect_count);
+    add(connect_micros, static_cast<std::uint64_t>(seconds * 1e6));
+  }
 };
 
 class Registry {
