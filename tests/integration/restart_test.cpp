@@ -1,0 +1,284 @@
+// Hot restart (SIGHUP): a storm of restarts under load that must cost no connection,
+// no request and (almost) no datagram, with listeners added and removed by the new
+// config; and restarts that fail (bad config, a binary that exits, one that hangs),
+// after which the old process must keep serving under the same pid.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+
+#include "harness.hpp"
+#include "lifecycle_support.hpp"
+
+namespace echorelay::test {
+namespace {
+
+// Config A: tcp, unix, udp. Config B: the same plus the tcp listener "extra".
+std::string storm_config(const std::string& unix_path, bool with_extra) {
+  std::string toml = R"(
+[daemon]
+workers = 2
+drain_timeout = "5s"
+restart_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+address = "127.0.0.1:0"
+
+[[listener]]
+name = "unix"
+protocol = "unix"
+address = ")" + unix_path + R"("
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.1:0"
+)";
+  if (with_extra) toml += R"(
+[[listener]]
+name = "extra"
+protocol = "tcp"
+address = "127.0.0.1:0"
+)";
+  return toml;
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// Pids of the living (non-zombie) children of `parent`.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const auto name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (parent_of(pid) == parent && process_state(pid) != 'Z' && process_state(pid) != 0) out.push_back(pid);
+  }
+  return out;
+}
+
+TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
+  TempDir sockets;
+  const std::string unix_path = sockets.file("storm.sock");
+  ServiceUnderTest svc(storm_config(unix_path, false));
+  ASSERT_TRUE(svc.start());
+  const std::string tcp = svc.address("tcp");
+  const std::string udp = svc.address("udp");
+  const std::string admin = svc.admin();
+  ASSERT_FALSE(svc.has_address("extra"));
+
+  Load load;
+  load.churn(tcp, 4);
+  load.churn(unix_path, 4);
+  load.persistent(tcp, 4);
+  load.persistent(unix_path, 4);
+  load.udp(udp);
+  ASSERT_TRUE(wait_until([&] { return load.counters().requests_ok > 200; }, 5000ms)) << load.summary();
+
+  std::vector<pid_t> old_pids;
+  std::vector<std::size_t> handover_index;  // index of each successor's READY message
+  std::vector<long> restart_ms;
+  std::string last_extra;
+  const int kRestarts = 20;
+  for (int i = 0; i < kRestarts; ++i) {
+    const bool with_extra = i % 2 == 0;  // 1st restart adds "extra", 2nd removes it, ...
+    const auto round_start = Clock::now();
+    svc.write_config(storm_config(unix_path, with_extra));
+    const pid_t old = svc.main_pid();
+    auto r = svc.hot_restart(10000ms);
+    ASSERT_TRUE(r.ok) << "restart " << i + 1 << ": " << r.status << "\n" << load.summary();
+    ASSERT_NE(r.pid, old);
+    old_pids.push_back(old);
+    restart_ms.push_back(r.took.count());
+    handover_index.push_back(svc.notify().size());
+    // The admin socket is handed over too: same address after every restart.
+    EXPECT_EQ(svc.admin(), admin);
+    EXPECT_EQ(svc.address("tcp"), tcp) << "a port-0 listener must keep its port across restarts";
+    EXPECT_EQ(svc.address("udp"), udp);
+
+    if (with_extra) {
+      ASSERT_TRUE(svc.has_address("extra")) << "restart " << i + 1;
+      last_extra = svc.address("extra");
+      Fd c = connect_to(last_extra, 2000ms);
+      ASSERT_TRUE(c);
+      EXPECT_TRUE(echo_line(c.get(), "extra listener serves\n", 2000ms)) << "restart " << i + 1;
+    } else {
+      EXPECT_FALSE(svc.has_address("extra")) << "restart " << i + 1;
+      // The old process keeps its copy of the socket while it drains; once it is gone
+      // nothing holds the removed listener and a connect must be refused.
+      Gone g = wait_gone(old, 7000ms);
+      ASSERT_TRUE(g.gone) << "old pid " << old << " still running after restart " << i + 1;
+      int err = 0;
+      Fd c = try_connect(last_extra, &err, 1000ms);
+      EXPECT_FALSE(c) << "removed listener " << last_extra << " still accepts after restart " << i + 1;
+      EXPECT_EQ(err, ECONNREFUSED) << std::strerror(err);
+    }
+    // About 0.5 s between SIGHUPs.
+    std::this_thread::sleep_until(round_start + 500ms);
+  }
+  // Let the clients run on the last generation for a moment.
+  const auto ok_before = load.counters().requests_ok.load();
+  EXPECT_TRUE(wait_until([&] { return load.counters().requests_ok > ok_before + 200; }, 5000ms));
+  load.stop();
+
+  const auto& c = load.counters();
+  std::cerr << "storm: " << load.summary() << "\n";
+  std::sort(restart_ms.begin(), restart_ms.end());
+  std::cerr << "restart latency (SIGHUP to successor READY): median " << restart_ms[restart_ms.size() / 2]
+            << " ms, max " << restart_ms.back() << " ms\n";
+  EXPECT_EQ(c.failed_connects, 0u) << load.summary();
+  EXPECT_EQ(c.resets, 0u) << load.summary();
+  EXPECT_EQ(c.partial, 0u) << load.summary();
+  EXPECT_EQ(c.wrong, 0u) << load.summary();
+  EXPECT_EQ(c.timeouts, 0u) << load.summary();
+  EXPECT_EQ(c.errors, 0u) << load.summary();
+  EXPECT_EQ(c.udp_wrong, 0u) << load.summary();
+  EXPECT_GT(c.requests_ok, 1000u);
+  EXPECT_GT(c.udp_sent, 1000u);
+  EXPECT_LE(c.udp_lost * 1000, c.udp_sent) << "UDP loss above 0.1%: " << load.summary();
+
+  // Every old process exits (0 when the test reaped it as subreaper).
+  for (pid_t pid : old_pids) {
+    Gone g = wait_gone(pid, 10000ms);
+    EXPECT_TRUE(g.gone) << "old pid " << pid << " still running";
+    if (g.exit_code) EXPECT_EQ(*g.exit_code, 0) << "old pid " << pid;
+  }
+  // After its successor's READY, an old process says nothing more to the service manager.
+  for (std::size_t i = 0; i < old_pids.size(); ++i) {
+    for (std::size_t m = handover_index[i]; m < svc.notify().messages().size(); ++m) {
+      const Notice& n = svc.notify().at(m);
+      EXPECT_NE(n.sender, old_pids[i]) << "old pid " << old_pids[i] << " sent '" << n.text << "' after handover";
+    }
+  }
+  for (const auto& n : svc.notify().messages()) EXPECT_FALSE(n.has("STOPPING=1")) << "nobody stopped the service";
+
+  // The Unix path survived 20 handovers and still serves.
+  EXPECT_TRUE(exists(unix_path));
+  Fd u = connect_to(unix_path);
+  ASSERT_TRUE(u);
+  EXPECT_TRUE(echo_line(u.get(), "unix still serves\n"));
+  EXPECT_EQ(fetch_metric(admin, "echorelay_restarts_total", {}), std::optional<double>(kRestarts));
+  EXPECT_EQ(fetch_metric(admin, "echorelay_restart_failures_total", {}), std::optional<double>(0));
+
+  ASSERT_TRUE(svc.signal(SIGTERM));
+  Gone last = svc.wait_main_exit(10000ms);
+  EXPECT_TRUE(last.gone);
+  if (last.exit_code) EXPECT_EQ(*last.exit_code, 0);
+  EXPECT_FALSE(exists(unix_path)) << "the last main process owns the path and removes it at exit";
+}
+
+std::string failure_config(bool valid) {
+  if (!valid) return "[daemon]\nrestart_timeout = \"1s\"\n[[listener]\nname = \"broken\n";
+  return R"(
+[daemon]
+restart_timeout = "1s"
+drain_timeout = "3s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+address = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.1:0"
+)";
+}
+
+// One failed restart: the old process reports it, counts it and serves on.
+void expect_failed_restart(ServiceUnderTest& svc, int persistent_fd, pid_t pid, int failures,
+                           const std::string& reason_part, int round) {
+  SCOPED_TRACE("failure " + std::to_string(failures) + " (" + reason_part + ")");
+  auto r = svc.hot_restart(10000ms);
+  ASSERT_TRUE(r.failed) << r.status;
+  EXPECT_EQ(r.pid, pid);
+  EXPECT_EQ(svc.main_pid(), pid);
+  EXPECT_EQ(r.status.rfind("reload failed: ", 0), 0u) << r.status;
+  EXPECT_NE(r.status.find(reason_part), std::string::npos) << r.status;
+  EXPECT_EQ(::kill(pid, 0), 0) << "old process gone";
+  EXPECT_TRUE(wait_metric(svc.admin(), "echorelay_restart_failures_total", {}, failures));
+  EXPECT_EQ(fetch_metric(svc.admin(), "echorelay_restarts_total", {}), std::optional<double>(0));
+  // The same connection and new ones are served by the same process.
+  EXPECT_TRUE(echo_line(persistent_fd, "still here " + std::to_string(round) + "\n"));
+  Fd c = connect_to(svc.address("tcp"));
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(echo_line(c.get(), "new connection after failure\n"));
+  Fd u = udp_connect(svc.address("udp"));
+  ASSERT_TRUE(udp_send(u.get(), "udp after failure"));
+  EXPECT_EQ(udp_recv(u.get()), std::optional<std::string>("udp after failure"));
+  // The failed successor was reaped: the old process has no child left.
+  EXPECT_TRUE(wait_until([&] { return children_of(pid).empty(); }, 3000ms)) << "successor left running";
+}
+
+TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServing) {
+  TempDir bin_dir;
+  const std::string binary = bin_dir.file("echorelayd");
+  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
+  ServiceUnderTest::Options options;
+  options.binary = binary;
+  ServiceUnderTest svc(failure_config(true), options);
+  ASSERT_TRUE(svc.start());
+  const pid_t pid = svc.main_pid();
+  Fd persistent = connect_to(svc.address("tcp"));
+  ASSERT_TRUE(persistent);
+  ASSERT_TRUE(echo_line(persistent.get(), "before\n"));
+
+  // 1. A config that does not parse: the successor exits 78 (EX_CONFIG).
+  svc.write_config(failure_config(false));
+  expect_failed_restart(svc, persistent.get(), pid, 1, "status 78", 1);
+  svc.write_config(failure_config(true));
+
+  // 2. The binary on disk exits 1 at once.
+  ASSERT_TRUE(replace_with_script(binary, "#!/bin/sh\nexit 1\n"));
+  expect_failed_restart(svc, persistent.get(), pid, 2, "status 1", 2);
+
+  // 3. The binary on disk never gets ready: killed at restart_timeout (1 s). A second
+  // SIGHUP during the attempt is coalesced into it.
+  ASSERT_TRUE(replace_with_script(binary, "#!/bin/sh\nexec sleep 600\n"));
+  const std::size_t before = svc.notify().size();
+  std::thread second_hup([&] {
+    std::this_thread::sleep_for(300ms);
+    ::kill(pid, SIGHUP);
+  });
+  const auto t0 = Clock::now();
+  expect_failed_restart(svc, persistent.get(), pid, 3, "not ready within", 3);
+  second_hup.join();
+  EXPECT_GE(Clock::now() - t0, 900ms) << "gave up before restart_timeout";
+  int reloading = 0;
+  for (std::size_t i = before; i < svc.notify().size(); ++i) reloading += svc.notify().at(i).has("RELOADING=1");
+  EXPECT_EQ(reloading, 1) << "the SIGHUP during the restart must be coalesced";
+  EXPECT_TRUE(wait_metric(svc.admin(), "echorelay_restart_failures_total", {}, 3));
+
+  // 4. With the real binary back, the next restart succeeds.
+  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
+  auto r = svc.hot_restart(10000ms);
+  ASSERT_TRUE(r.ok) << r.status;
+  EXPECT_NE(r.pid, pid);
+  EXPECT_TRUE(wait_metric(svc.admin(), "echorelay_restarts_total", {}, 1));
+  EXPECT_TRUE(expect_closed(persistent.get())) << "old process drains its idle connection";
+  Gone g = wait_gone(pid, 5000ms);
+  EXPECT_TRUE(g.gone);
+  if (g.exit_code) EXPECT_EQ(*g.exit_code, 0);
+  Fd c = connect_to(svc.address("tcp"));
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(echo_line(c.get(), "successor serves\n"));
+}
+
+}  // namespace
+}  // namespace echorelay::test
