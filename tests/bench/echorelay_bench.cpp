@@ -1,0 +1,1001 @@
+// echorelay-bench: the load generator of tests/bench. Owns the workloads (pingpong, bulk,
+// churn, udp, idle), byte-for-byte verification of every echo, the latency histogram and
+// the one-line JSON report. Plain C++20 over epoll: no Asio and no daemon code, so it is
+// cheap to build and shares no code path with what it measures. Starting servers and
+// tabulating results belong to tests/bench/run.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cerrno>
+#include <charconv>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+std::uint64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+[[noreturn]] void fail(const std::string& message) {
+  std::fprintf(stderr, "echorelay-bench: %s\n", message.c_str());
+  std::exit(2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency histogram: log-linear buckets like HdrHistogram with 32 sub-buckets per power of
+// two, so any recorded value is reported within ~3%. Values are nanoseconds; 64 powers
+// cover every duration a run can see. Fixed size, so recording never allocates.
+class Histogram {
+ public:
+  void record(std::uint64_t v) {
+    ++counts_[index(v)];
+    ++total_;
+  }
+  void merge(const Histogram& other) {
+    for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+    total_ += other.total_;
+  }
+  // The value at quantile q (0..1), as the middle of its bucket; 0 when empty.
+  std::uint64_t quantile(double q) const {
+    if (total_ == 0) return 0;
+    auto rank = static_cast<std::uint64_t>(q * static_cast<double>(total_));
+    if (rank >= total_) rank = total_ - 1;
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < counts_.size(); ++i) {
+      seen += counts_[i];
+      if (seen > rank) return middle(i);
+    }
+    return middle(counts_.size() - 1);
+  }
+
+ private:
+  static constexpr unsigned kSubBits = 5;
+  static constexpr std::uint64_t kSub = 1u << kSubBits;
+  static std::size_t index(std::uint64_t v) {
+    if (v < 2 * kSub) return static_cast<std::size_t>(v);
+    const unsigned msb = 63u - static_cast<unsigned>(__builtin_clzll(v));
+    const unsigned shift = msb - kSubBits;
+    return static_cast<std::size_t>(shift * kSub + (v >> shift));
+  }
+  static std::uint64_t middle(std::size_t i) {
+    if (i < 2 * kSub) return i;
+    const std::uint64_t shift = i / kSub - 1;
+    const std::uint64_t mantissa = i % kSub + kSub;
+    return (mantissa << shift) + ((std::uint64_t{1} << shift) >> 1);
+  }
+  std::array<std::uint64_t, 64 * kSub> counts_{};
+  std::uint64_t total_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// Options and targets.
+
+enum class Mode { PingPong, Bulk, Churn, Udp, Idle };
+enum class Framing { Line, LengthPrefixed, Raw };
+enum class Kind { Tcp, Unix, Udp };
+
+struct Target {
+  Kind kind = Kind::Tcp;
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string text;
+};
+
+struct Options {
+  Mode mode = Mode::PingPong;
+  std::string mode_name;
+  Target target;
+  std::size_t connections = 1;
+  std::size_t size = 0;  // 0 = the mode's default
+  std::size_t line_size = 1024;
+  Framing framing = Framing::Line;
+  std::uint64_t duration_ns = 5'000'000'000;
+  std::uint64_t warmup_ns = 1'000'000'000;
+  std::uint64_t loss_timeout_ns = 200'000'000;
+  std::uint64_t connect_timeout_ns = 30'000'000'000;
+  std::size_t threads = 1;
+  bool progress = false;
+};
+
+std::optional<std::uint64_t> parse_duration_ns(std::string_view text) {
+  double value = 0;
+  std::size_t used = 0;
+  try {
+    value = std::stod(std::string(text), &used);
+  } catch (...) {
+    return std::nullopt;
+  }
+  const std::string_view unit = text.substr(used);
+  double scale = 1e9;
+  if (unit == "ms") scale = 1e6;
+  else if (unit == "us") scale = 1e3;
+  else if (unit == "m") scale = 60e9;
+  else if (!unit.empty() && unit != "s") return std::nullopt;
+  if (value < 0) return std::nullopt;
+  return static_cast<std::uint64_t>(value * scale);
+}
+
+std::size_t parse_count(std::string_view text, const char* what) {
+  std::size_t value = 0;
+  std::size_t mult = 1;
+  if (text.ends_with("KiB")) mult = 1024, text.remove_suffix(3);
+  else if (text.ends_with("MiB")) mult = 1024 * 1024, text.remove_suffix(3);
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size()) fail(std::string("bad ") + what + ": " + std::string(text));
+  return value * mult;
+}
+
+// Traffic goes to loopback only: 127.0.0.0/8, ::1 (and a v4-mapped 127.x), Unix paths.
+Target parse_target(const std::string& text) {
+  Target t;
+  t.text = text;
+  std::string rest;
+  if (text.starts_with("tcp://")) t.kind = Kind::Tcp, rest = text.substr(6);
+  else if (text.starts_with("udp://")) t.kind = Kind::Udp, rest = text.substr(6);
+  else if (text.starts_with("unix://")) t.kind = Kind::Unix, rest = text.substr(7);
+  else fail("target must be tcp://host:port, udp://host:port or unix:///path: " + text);
+
+  if (t.kind == Kind::Unix) {
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    if (rest.empty() || rest.size() >= sizeof sun.sun_path) fail("bad unix path: " + text);
+    std::memcpy(sun.sun_path, rest.data(), rest.size());
+    if (rest[0] == '@') sun.sun_path[0] = '\0';  // abstract namespace
+    std::memcpy(&t.addr, &sun, sizeof sun);
+    t.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + rest.size() + (rest[0] == '@' ? 0 : 1));
+    return t;
+  }
+  std::string host;
+  std::string port;
+  if (rest.starts_with("[")) {
+    const auto close = rest.find("]:");
+    if (close == std::string::npos) fail("bad address: " + text);
+    host = rest.substr(1, close - 1);
+    port = rest.substr(close + 2);
+  } else {
+    const auto colon = rest.rfind(':');
+    if (colon == std::string::npos) fail("bad address: " + text);
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+  }
+  if (host == "localhost") host = "127.0.0.1";
+  const auto port_number = static_cast<std::uint16_t>(parse_count(port, "port"));
+  sockaddr_in sin{};
+  sockaddr_in6 sin6{};
+  if (inet_pton(AF_INET, host.c_str(), &sin.sin_addr) == 1) {
+    if ((ntohl(sin.sin_addr.s_addr) >> 24) != 127) fail("refusing a non-loopback target: " + text);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port_number);
+    std::memcpy(&t.addr, &sin, sizeof sin);
+    t.len = sizeof sin;
+  } else if (inet_pton(AF_INET6, host.c_str(), &sin6.sin6_addr) == 1) {
+    const bool mapped_loopback = IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr) && sin6.sin6_addr.s6_addr[12] == 127;
+    if (!IN6_IS_ADDR_LOOPBACK(&sin6.sin6_addr) && !mapped_loopback) fail("refusing a non-loopback target: " + text);
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(port_number);
+    std::memcpy(&t.addr, &sin6, sizeof sin6);
+    t.len = sizeof sin6;
+  } else {
+    fail("host must be a loopback IP address: " + text);
+  }
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------
+// Payload: one fixed pseudo-random stream of printable bytes (never '\n'), long and
+// aperiodic enough that an echo from the wrong offset or connection cannot match.
+
+constexpr std::size_t kPatternLen = 1'000'003;  // prime: writes of any power of two drift across it
+constexpr std::size_t kMaxChunk = 256 * 1024;   // longest contiguous slice handed out
+
+const std::vector<char>& pattern() {
+  static const std::vector<char> bytes = [] {
+    std::vector<char> v(kPatternLen + kMaxChunk);
+    std::uint64_t x = 0x9e3779b97f4a7c15u;
+    for (std::size_t i = 0; i < kPatternLen; ++i) {
+      x = x * 6364136223846793005u + 1442695040888963407u;
+      v[i] = static_cast<char>('!' + (x >> 33) % 94);  // '!'..'~'
+    }
+    std::copy_n(v.begin(), kMaxChunk, v.begin() + kPatternLen);  // slices never wrap
+    return v;
+  }();
+  return bytes;
+}
+
+// Builds request number `seq` of connection `id` into `out` (out.size() bytes on the wire).
+void build_frame(std::vector<char>& out, Framing framing, std::uint64_t id, std::uint64_t seq) {
+  const std::size_t n = out.size();
+  const char* src = pattern().data() + (id * 7919 + seq * 104729) % kPatternLen;
+  switch (framing) {
+    case Framing::Line:
+      std::memcpy(out.data(), src, n - 1);
+      out[n - 1] = '\n';
+      break;
+    case Framing::LengthPrefixed: {
+      const auto len = static_cast<std::uint32_t>(n - 4);
+      out[0] = static_cast<char>(len >> 24);
+      out[1] = static_cast<char>(len >> 16);
+      out[2] = static_cast<char>(len >> 8);
+      out[3] = static_cast<char>(len);
+      std::memcpy(out.data() + 4, src, n - 4);
+      break;
+    }
+    case Framing::Raw:
+      std::memcpy(out.data(), src, n);
+      break;
+  }
+}
+
+// The bulk stream: for raw framing the pattern itself; for line framing the pattern cut
+// into lines of line_size bytes, each ending in '\n'. Built once, one period long, with
+// its first kMaxChunk bytes repeated at the end so any slice is contiguous.
+struct BulkStream {
+  std::vector<char> bytes;
+  std::size_t period = 0;
+  const char* at(std::uint64_t offset) const { return bytes.data() + offset % period; }
+};
+
+BulkStream make_bulk_stream(Framing framing, std::size_t line_size) {
+  BulkStream s;
+  const auto& p = pattern();
+  if (framing != Framing::Line) {
+    s.period = kPatternLen;
+    s.bytes.assign(p.begin(), p.end());
+    return s;
+  }
+  const std::size_t lines = (kPatternLen + line_size - 1) / line_size;
+  s.period = lines * line_size;
+  s.bytes.resize(s.period + kMaxChunk);
+  for (std::size_t k = 0; k < lines; ++k) {
+    std::memcpy(s.bytes.data() + k * line_size, p.data() + (k * 131) % kPatternLen, line_size - 1);
+    s.bytes[k * line_size + line_size - 1] = '\n';
+  }
+  std::copy_n(s.bytes.begin(), kMaxChunk, s.bytes.begin() + static_cast<std::ptrdiff_t>(s.period));
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-thread results, merged by main once every thread has stopped.
+
+struct Stats {
+  std::uint64_t requests = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t errors = 0;
+  std::uint64_t mismatches = 0;
+  std::uint64_t lost = 0;
+  Histogram latency;
+  std::atomic<std::uint64_t> progress{0};  // requests so far, read by the progress printer
+
+  void merge(const Stats& o) {
+    requests += o.requests;
+    bytes += o.bytes;
+    errors += o.errors;
+    mismatches += o.mismatches;
+    lost += o.lost;
+    latency.merge(o.latency);
+  }
+};
+
+// The measurement window: [measure_start, measure_end). Set once every thread has its
+// connections up, so connection setup never counts as load.
+struct Clock {
+  std::atomic<std::uint64_t> start{0};
+  std::uint64_t warmup = 0;
+  std::uint64_t duration = 0;
+  std::uint64_t measure_start() const { return start.load(std::memory_order_acquire) + warmup; }
+  std::uint64_t measure_end() const { return measure_start() + duration; }
+};
+
+int open_socket(const Target& t, bool nodelay) {
+  const int family = t.addr.ss_family;
+  const int type = t.kind == Kind::Udp ? SOCK_DGRAM : SOCK_STREAM;
+  const int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (nodelay && t.kind == Kind::Tcp) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  return fd;
+}
+
+// Starts a non-blocking connect. Returns the fd (connected or in progress), or -1 with
+// errno set; EAGAIN on a Unix socket means its backlog is full: try again shortly.
+int start_connect(const Target& t, bool nodelay) {
+  const int fd = open_socket(t, nodelay);
+  if (fd < 0) return -1;
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&t.addr), t.len) < 0 && errno != EINPROGRESS) {
+    const int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+bool connect_succeeded(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+}
+
+void epoll_set(int ep, int op, int fd, std::uint32_t events, std::uint64_t data) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = data;
+  if (epoll_ctl(ep, op, fd, &ev) < 0 && op != EPOLL_CTL_DEL) fail(std::string("epoll_ctl: ") + std::strerror(errno));
+}
+
+// ---------------------------------------------------------------------------------------
+// A stream connection, shared by pingpong, bulk, churn and idle. Each mode drives it.
+
+struct Conn {
+  enum class State { Down, Connecting, Running, Dead };
+  int fd = -1;
+  std::uint32_t gen = 0;  // bumped per socket: epoll events of a closed socket are ignored
+  std::uint64_t id = 0;
+  State state = State::Down;
+  bool handshake = false;  // setup echo outstanding
+  int attempts = 0;        // failed setup attempts
+  std::uint64_t seq = 0;
+  std::uint64_t started = 0;  // connect start (churn) or request sent (pingpong)
+  std::uint64_t retry_at = 0;
+  bool out_armed = false;
+  std::vector<char> request;
+  std::vector<char> reply;
+  std::size_t sent = 0;
+  std::size_t got = 0;
+  // bulk
+  std::uint64_t stream_sent = 0;
+  std::uint64_t stream_got = 0;
+  struct Pending {
+    std::uint64_t end;
+    std::uint64_t at;
+  };
+  std::array<Pending, 64> pending{};  // writes not fully echoed yet, oldest first
+  std::size_t pending_head = 0;
+  std::size_t pending_count = 0;
+};
+
+// Starts the measurement clock once the last thread is through setup.
+struct StartClock {
+  Clock* clock;
+  void operator()() noexcept { clock->start.store(now_ns(), std::memory_order_release); }
+};
+using Ready = std::barrier<StartClock>;
+
+class Worker {
+ public:
+  Worker(const Options& opt, Clock& clock, Ready* ready, const std::vector<std::uint64_t>& ids,
+         const BulkStream* stream)
+      : opt_(opt), clock_(clock), ready_(ready), stream_(stream) {
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (ep_ < 0) fail("epoll_create1");
+    // Bulk proves each connection with one small line before streaming; the others with
+    // one request of the measured size.
+    const std::size_t frame = opt_.mode == Mode::Bulk ? 64 : opt_.size;
+    conns_.resize(ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      conns_[i].id = ids[i];
+      conns_[i].request.resize(frame);
+      conns_[i].reply.resize(frame);
+    }
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker() {
+    for (auto& c : conns_) close_conn(c);
+    close(ep_);
+  }
+  Stats& stats() { return stats_; }
+
+  void run() {
+    if (opt_.mode == Mode::Udp) return run_udp();
+    if (opt_.mode != Mode::Churn) establish_all();
+    ready_->arrive_and_wait();
+    const std::uint64_t end = clock_.measure_end();
+    for (auto& c : conns_) {
+      if (opt_.mode == Mode::Churn) begin_connect(c, now_ns());
+      else if (c.state == Conn::State::Running) on_connected(c, now_ns());
+    }
+    std::array<epoll_event, 256> events{};
+    for (;;) {
+      std::uint64_t now = now_ns();
+      if (now >= end) break;
+      retry_due(now);
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), down_.empty() ? 10 : 1);
+      now = now_ns();
+      for (int i = 0; i < n; ++i) {
+        Conn* c = lookup(events[i].data.u64);
+        if (c) on_event(*c, events[i].events, now);
+      }
+    }
+  }
+
+  // Idle mode: connect all, one echo each; they then stay open until the Worker goes.
+  void run_idle() { establish_all(); }
+  std::size_t established() const {
+    return static_cast<std::size_t>(std::count_if(conns_.begin(), conns_.end(),
+                                                  [](const Conn& c) { return c.state == Conn::State::Running; }));
+  }
+
+ private:
+  bool in_window(std::uint64_t t) const { return t >= clock_.measure_start() && t < clock_.measure_end(); }
+
+  std::uint64_t tag(const Conn& c) const {
+    return static_cast<std::uint64_t>(&c - conns_.data()) | (static_cast<std::uint64_t>(c.gen) << 32);
+  }
+  Conn* lookup(std::uint64_t data) {
+    Conn& c = conns_[data & 0xffffffffu];
+    return c.fd >= 0 && c.gen == (data >> 32) ? &c : nullptr;
+  }
+  void watch(Conn& c, int op, std::uint32_t events) { epoll_set(ep_, op, c.fd, events, tag(c)); }
+
+  void close_conn(Conn& c) {
+    if (c.fd >= 0) close(c.fd);  // closing also leaves the epoll set
+    c.fd = -1;
+    c.out_armed = false;
+  }
+
+  // Opens a fresh socket for c. An immediate failure leaves c Down on the retry list.
+  void begin_connect(Conn& c, std::uint64_t now) {
+    close_conn(c);
+    ++c.gen;
+    c.sent = c.got = 0;
+    c.stream_sent = c.stream_got = 0;
+    c.pending_head = c.pending_count = 0;
+    c.handshake = false;
+    c.started = now;
+    c.fd = start_connect(opt_.target, true);
+    if (c.fd < 0) {
+      // A full Unix backlog (EAGAIN) or no free ephemeral port is load, not failure.
+      if (errno != EAGAIN && errno != EADDRNOTAVAIL) ++c.attempts;
+      c.state = Conn::State::Down;
+      c.retry_at = now + 1'000'000;
+      down_.push_back(static_cast<std::size_t>(&c - conns_.data()));
+      return;
+    }
+    c.state = Conn::State::Connecting;
+    watch(c, EPOLL_CTL_ADD, EPOLLOUT);
+  }
+
+  void retry_due(std::uint64_t now) {
+    if (down_.empty()) return;
+    std::vector<std::size_t> due;
+    due.swap(down_);
+    for (const std::size_t i : due) {
+      Conn& c = conns_[i];
+      if (c.state != Conn::State::Down) continue;
+      if (c.retry_at > now) down_.push_back(i);
+      else begin_connect(c, now);
+    }
+  }
+
+  // A connection broke after it had worked: count it and start over.
+  void broken(Conn& c, std::uint64_t now) {
+    if (in_window(now)) ++stats_.errors;
+    begin_connect(c, now);
+  }
+
+  // Setup: every connection up and through one echo (or given up after three attempts)
+  // before the clock starts. At most kInFlight handshakes at a time keeps accept queues sane.
+  void establish_all() {
+    constexpr std::size_t kInFlight = 256;
+    constexpr int kAttempts = 3;
+    const std::uint64_t deadline = now_ns() + opt_.connect_timeout_ns;
+    std::size_t next = 0;
+    std::size_t active = 0;
+    std::size_t settled = 0;
+    std::array<epoll_event, 256> events{};
+    const auto give_up = [&](Conn& c) {
+      close_conn(c);
+      c.state = Conn::State::Dead;
+      ++stats_.errors;
+      ++settled;
+      --active;
+    };
+    for (std::uint64_t now = now_ns(); settled < conns_.size() && now < deadline; now = now_ns()) {
+      if (!down_.empty()) {
+        std::vector<std::size_t> due;
+        due.swap(down_);
+        for (const std::size_t i : due) {
+          Conn& c = conns_[i];
+          if (c.attempts >= kAttempts) give_up(c);
+          else if (c.retry_at > now) down_.push_back(i);
+          else begin_connect(c, now);
+        }
+      }
+      while (next < conns_.size() && active < kInFlight) {
+        ++active;
+        begin_connect(conns_[next++], now);
+      }
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), down_.empty() ? 10 : 1);
+      for (int i = 0; i < n; ++i) {
+        Conn* c = lookup(events[i].data.u64);
+        if (!c) continue;
+        const auto result = setup_step(*c);
+        if (result == Setup::Done) {
+          ++settled;
+          --active;
+        } else if (result == Setup::Failed) {
+          close_conn(*c);
+          if (++c->attempts >= kAttempts) {
+            give_up(*c);
+          } else {
+            c->state = Conn::State::Down;
+            c->retry_at = now_ns() + 10'000'000;
+            down_.push_back(static_cast<std::size_t>(c - conns_.data()));
+          }
+        }
+      }
+    }
+    for (auto& c : conns_) {
+      if (c.state == Conn::State::Running && !c.handshake) continue;
+      if (c.state != Conn::State::Dead) ++stats_.errors;  // timed out in setup
+      close_conn(c);
+      c.state = Conn::State::Dead;
+    }
+    down_.clear();
+  }
+
+  enum class Setup { Pending, Done, Failed };
+
+  Setup setup_step(Conn& c) {
+    if (c.state == Conn::State::Connecting) {
+      if (!connect_succeeded(c.fd)) return Setup::Failed;
+      // One echo proves the path end to end (a relay has reached its upstream).
+      build_frame(c.request, opt_.framing, c.id, c.seq);
+      c.got = 0;
+      if (write(c.fd, c.request.data(), c.request.size()) != static_cast<ssize_t>(c.request.size())) return Setup::Failed;
+      c.state = Conn::State::Running;
+      c.handshake = true;
+      watch(c, EPOLL_CTL_MOD, EPOLLIN);
+      return Setup::Pending;
+    }
+    if (!c.handshake) return Setup::Pending;
+    const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
+    if (n < 0 && errno == EAGAIN) return Setup::Pending;
+    if (n <= 0) return Setup::Failed;
+    c.got += static_cast<std::size_t>(n);
+    if (c.got < c.reply.size()) return Setup::Pending;
+    if (std::memcmp(c.reply.data(), c.request.data(), c.reply.size()) != 0) ++stats_.mismatches;
+    c.handshake = false;
+    c.got = 0;
+    ++c.seq;
+    return Setup::Done;
+  }
+
+  void on_connected(Conn& c, std::uint64_t now) {
+    c.state = Conn::State::Running;
+    watch(c, EPOLL_CTL_MOD, EPOLLIN);
+    if (opt_.mode == Mode::Bulk) return bulk_write(c, now);
+    send_request(c, now);
+  }
+
+  void on_event(Conn& c, std::uint32_t ev, std::uint64_t now) {
+    if (c.state == Conn::State::Connecting) {
+      if (!connect_succeeded(c.fd)) return broken(c, now);
+      return on_connected(c, now);
+    }
+    if (opt_.mode == Mode::Bulk) return on_bulk(c, ev, now);
+    if ((ev & EPOLLOUT) && !write_rest(c)) return broken(c, now);
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_reply(c, now);
+  }
+
+  void send_request(Conn& c, std::uint64_t now) {
+    build_frame(c.request, opt_.framing, c.id, c.seq);
+    c.sent = c.got = 0;
+    if (opt_.mode != Mode::Churn) c.started = now;  // churn times the whole connect-to-close cycle
+    if (!write_rest(c)) broken(c, now);
+  }
+
+  // Writes what is left of the request; EPOLLOUT is armed only while the socket is full.
+  bool write_rest(Conn& c) {
+    while (c.sent < c.request.size()) {
+      const ssize_t w = write(c.fd, c.request.data() + c.sent, c.request.size() - c.sent);
+      if (w < 0) {
+        if (errno != EAGAIN) return false;
+        if (!c.out_armed) watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+        c.out_armed = true;
+        return true;
+      }
+      c.sent += static_cast<std::size_t>(w);
+    }
+    if (c.out_armed) watch(c, EPOLL_CTL_MOD, EPOLLIN);
+    c.out_armed = false;
+    return true;
+  }
+
+  void on_reply(Conn& c, std::uint64_t now) {
+    // Read only what the outstanding request can produce: anything beyond it would be a
+    // server bug, and shows up as a mismatch on the next request.
+    const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
+    if (n < 0 && errno == EAGAIN) return;
+    if (n <= 0) return broken(c, now);
+    c.got += static_cast<std::size_t>(n);
+    if (c.got < c.reply.size()) return;
+    const bool same = std::memcmp(c.reply.data(), c.request.data(), c.reply.size()) == 0;
+    if (in_window(now)) {
+      if (!same) ++stats_.mismatches;
+      ++stats_.requests;
+      stats_.bytes += c.request.size();
+      stats_.latency.record(now - c.started);
+      stats_.progress.store(stats_.requests, std::memory_order_relaxed);
+    }
+    ++c.seq;
+    if (opt_.mode == Mode::Churn) return begin_connect(c, now);
+    send_request(c, now);
+  }
+
+  // Bulk: keep up to kWindow bytes in flight and verify every echoed byte at its offset.
+  // The latency of a write is the time until its last byte has come back.
+  static constexpr std::uint64_t kWindow = 2 * 1024 * 1024;
+
+  void bulk_write(Conn& c, std::uint64_t now) {
+    while (c.stream_sent - c.stream_got < kWindow) {
+      const auto room = kWindow - (c.stream_sent - c.stream_got);
+      const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(opt_.size, room));
+      const ssize_t w = write(c.fd, stream_->at(c.stream_sent), len);
+      if (w < 0) {
+        if (errno != EAGAIN) return broken(c, now);
+        if (!c.out_armed) watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+        c.out_armed = true;
+        return;
+      }
+      c.stream_sent += static_cast<std::uint64_t>(w);
+      if (c.pending_count < c.pending.size()) {
+        c.pending[(c.pending_head + c.pending_count) % c.pending.size()] = {c.stream_sent, now};
+        ++c.pending_count;
+      }
+    }
+    if (c.out_armed) watch(c, EPOLL_CTL_MOD, EPOLLIN);  // window full: wait for echoes
+    c.out_armed = false;
+  }
+
+  void on_bulk(Conn& c, std::uint32_t ev, std::uint64_t now) {
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+      const ssize_t n = read(c.fd, scratch_.data(), scratch_.size());
+      if (n == 0 || (n < 0 && errno != EAGAIN)) return broken(c, now);
+      if (n > 0) {
+        const auto len = static_cast<std::size_t>(n);
+        const bool same = std::memcmp(scratch_.data(), stream_->at(c.stream_got), len) == 0;
+        c.stream_got += len;
+        const bool counted = in_window(now);
+        if (counted) {
+          if (!same) ++stats_.mismatches;
+          stats_.bytes += len;
+        }
+        while (c.pending_count > 0 && c.pending[c.pending_head].end <= c.stream_got) {
+          if (counted) {
+            ++stats_.requests;
+            stats_.latency.record(now - c.pending[c.pending_head].at);
+          }
+          c.pending_head = (c.pending_head + 1) % c.pending.size();
+          --c.pending_count;
+        }
+        if (counted) stats_.progress.store(stats_.bytes, std::memory_order_relaxed);
+      }
+    }
+    bulk_write(c, now);
+  }
+
+  // UDP ping-pong: one datagram in flight per socket; a reply that does not come within
+  // the loss timeout counts as lost and the next request goes out. Each datagram starts
+  // with its sequence number, so a late echo of an earlier one is recognised and ignored.
+  void run_udp() {
+    struct Sock {
+      int fd = -1;
+      std::uint64_t id = 0;
+      std::uint64_t seq = 0;
+      std::uint64_t sent_at = 0;
+      std::vector<char> request;
+    };
+    std::vector<Sock> socks(conns_.size());
+    for (std::size_t i = 0; i < socks.size(); ++i) {
+      auto& s = socks[i];
+      s.id = conns_[i].id;
+      s.request.resize(opt_.size);
+      s.fd = open_socket(opt_.target, false);
+      if (s.fd < 0 || connect(s.fd, reinterpret_cast<const sockaddr*>(&opt_.target.addr), opt_.target.len) < 0)
+        fail(std::string("udp socket: ") + std::strerror(errno));
+      epoll_set(ep_, EPOLL_CTL_ADD, s.fd, EPOLLIN, i);
+    }
+    const auto send = [&](Sock& s, std::uint64_t now) {
+      ++s.seq;
+      build_frame(s.request, Framing::Raw, s.id, s.seq);
+      for (int k = 0; k < 16; ++k) s.request[static_cast<std::size_t>(k)] = "0123456789abcdef"[(s.seq >> (60 - 4 * k)) & 15];
+      s.sent_at = now;
+      if (::send(s.fd, s.request.data(), s.request.size(), 0) < 0 && errno != EAGAIN && in_window(now)) ++stats_.errors;
+    };
+    ready_->arrive_and_wait();
+    const std::uint64_t end = clock_.measure_end();
+    for (auto& s : socks) send(s, now_ns());
+    std::array<epoll_event, 64> events{};
+    for (;;) {
+      std::uint64_t now = now_ns();
+      if (now >= end) break;
+      for (auto& s : socks) {
+        if (now - s.sent_at >= opt_.loss_timeout_ns) {
+          if (in_window(now)) ++stats_.lost;
+          send(s, now);
+        }
+      }
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), 5);
+      now = now_ns();
+      for (int i = 0; i < n; ++i) {
+        auto& s = socks[events[i].data.u64];
+        for (;;) {
+          const ssize_t r = recv(s.fd, scratch_.data(), scratch_.size(), MSG_DONTWAIT);
+          if (r < 0) {
+            if (errno == EAGAIN) break;
+            // ECONNREFUSED: an ICMP unreachable came back; the request is gone.
+            if (in_window(now)) ++stats_.errors;
+            send(s, now);
+            break;
+          }
+          const auto len = static_cast<std::size_t>(r);
+          if (len >= 16 && len == s.request.size() && std::memcmp(scratch_.data(), s.request.data(), 16) != 0)
+            continue;  // a late echo of an earlier request
+          if (in_window(now)) {
+            if (len != s.request.size() || std::memcmp(scratch_.data(), s.request.data(), len) != 0) ++stats_.mismatches;
+            ++stats_.requests;
+            stats_.bytes += len;
+            stats_.latency.record(now - s.sent_at);
+            stats_.progress.store(stats_.requests, std::memory_order_relaxed);
+          }
+          send(s, now);
+        }
+      }
+    }
+    for (auto& s : socks) close(s.fd);
+  }
+
+  const Options& opt_;
+  Clock& clock_;
+  Ready* ready_;
+  const BulkStream* stream_;
+  int ep_ = -1;
+  std::vector<Conn> conns_;
+  std::vector<std::size_t> down_;  // indices of Down connections waiting for a retry
+  Stats stats_;
+  std::array<char, kMaxChunk> scratch_{};
+};
+
+// ---------------------------------------------------------------------------------------
+
+void usage() {
+  std::fputs(
+      "usage: echorelay-bench MODE --target URL [options]\n"
+      "  MODE      pingpong | bulk | churn | udp | idle\n"
+      "  --target  tcp://127.0.0.1:PORT | tcp://[::1]:PORT | unix:///path | unix://@name | udp://127.0.0.1:PORT\n"
+      "  --connections N   connections (udp: sockets); default 1\n"
+      "  --size S          bytes per request on the wire (default 64), bulk: bytes per write (default 64KiB)\n"
+      "  --framing F       line (default) | length-prefixed | raw; bulk: line or raw\n"
+      "  --line-size L     bulk with line framing: bytes per line including '\\n' (default 1024)\n"
+      "  --duration D      measured time (default 5s)   --warmup D   unmeasured time first (default 1s)\n"
+      "  --loss-timeout D  udp: a reply later than this is lost (default 200ms)\n"
+      "  --threads N       load threads (default 1)     --progress   progress on stderr every second\n"
+      "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n",
+      stderr);
+  std::exit(2);
+}
+
+Options parse_options(int argc, char** argv) {
+  if (argc < 2) usage();
+  Options opt;
+  opt.mode_name = argv[1];
+  if (opt.mode_name == "pingpong") opt.mode = Mode::PingPong;
+  else if (opt.mode_name == "bulk") opt.mode = Mode::Bulk;
+  else if (opt.mode_name == "churn") opt.mode = Mode::Churn;
+  else if (opt.mode_name == "udp") opt.mode = Mode::Udp;
+  else if (opt.mode_name == "idle") opt.mode = Mode::Idle;
+  else usage();
+  std::string target;
+  std::string framing = "line";
+  opt.progress = isatty(2) == 1;
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--progress") {
+      opt.progress = true;
+      continue;
+    }
+    if (i + 1 >= argc) usage();
+    const std::string_view value = argv[++i];
+    const auto duration = [&] {
+      auto d = parse_duration_ns(value);
+      if (!d) fail("bad duration: " + std::string(value));
+      return *d;
+    };
+    if (arg == "--target") target = value;
+    else if (arg == "--connections") opt.connections = parse_count(value, "connections");
+    else if (arg == "--size") opt.size = parse_count(value, "size");
+    else if (arg == "--line-size") opt.line_size = parse_count(value, "line size");
+    else if (arg == "--framing") framing = value;
+    else if (arg == "--duration") opt.duration_ns = duration();
+    else if (arg == "--warmup") opt.warmup_ns = duration();
+    else if (arg == "--loss-timeout") opt.loss_timeout_ns = duration();
+    else if (arg == "--connect-timeout") opt.connect_timeout_ns = duration();
+    else if (arg == "--threads") opt.threads = parse_count(value, "threads");
+    else usage();
+  }
+  if (target.empty()) usage();
+  opt.target = parse_target(target);
+  if (framing == "line") opt.framing = Framing::Line;
+  else if (framing == "length-prefixed") opt.framing = Framing::LengthPrefixed;
+  else if (framing == "raw") opt.framing = Framing::Raw;
+  else fail("framing must be line, length-prefixed or raw");
+  if ((opt.target.kind == Kind::Udp) != (opt.mode == Mode::Udp)) fail("udp mode needs a udp:// target and the others a stream target");
+  if (opt.size == 0) opt.size = opt.mode == Mode::Bulk ? 65536 : 64;
+  if (opt.mode == Mode::Bulk) {
+    if (opt.size > kMaxChunk) fail("bulk --size is at most 256KiB");
+    if (opt.framing == Framing::LengthPrefixed) fail("bulk takes line or raw framing");
+    if (opt.framing == Framing::Line && (opt.line_size < 1 || opt.line_size > kMaxChunk)) fail("bad --line-size");
+  }
+  const std::size_t min_size = opt.framing == Framing::LengthPrefixed ? 5 : (opt.mode == Mode::Udp ? 16 : 1);
+  if (opt.mode != Mode::Bulk && (opt.size < min_size || opt.size > kMaxChunk)) fail("--size out of range");
+  if (opt.connections == 0 || opt.threads == 0) fail("--connections and --threads must be at least 1");
+  opt.threads = std::min(opt.threads, opt.connections);
+  if (opt.mode == Mode::Idle) opt.threads = 1;
+  return opt;
+}
+
+// Ports free for TCP and UDP at once on 127.0.0.1, for peers that cannot bind port 0
+// and report it (HAProxy, nginx, socat). All are held until all are found, so they differ.
+int freeport(int argc, char** argv) {
+  const std::size_t want = argc > 2 ? parse_count(argv[2], "count") : 1;
+  std::vector<int> held;
+  std::vector<int> ports;
+  while (ports.size() < want) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len = sizeof sin;
+    if (t < 0 || bind(t, reinterpret_cast<sockaddr*>(&sin), sizeof sin) < 0 ||
+        getsockname(t, reinterpret_cast<sockaddr*>(&sin), &len) < 0)
+      fail("freeport: bind tcp 127.0.0.1:0");
+    held.push_back(t);
+    const int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (u >= 0 && bind(u, reinterpret_cast<sockaddr*>(&sin), sizeof sin) == 0) {
+      held.push_back(u);
+      ports.push_back(ntohs(sin.sin_port));
+    } else if (u >= 0) {
+      close(u);
+    }
+  }
+  for (const int fd : held) close(fd);
+  for (const int p : ports) std::printf("%d\n", p);
+  return 0;
+}
+
+void raise_fd_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+void print_json(const Options& opt, const Stats& s, std::size_t connections) {
+  const double secs = static_cast<double>(opt.duration_ns) / 1e9;
+  const double rate = secs > 0 ? static_cast<double>(s.requests) / secs : 0;
+  const double mbps = secs > 0 ? static_cast<double>(s.bytes) / secs / 1e6 : 0;
+  const char* framing = opt.framing == Framing::Line ? "line" : opt.framing == Framing::Raw ? "raw" : "length-prefixed";
+  std::printf(
+      "{\"mode\":\"%s\",\"target\":\"%s\",\"framing\":\"%s\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
+      "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
+      "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 "}\n",
+      opt.mode_name.c_str(), opt.target.text.c_str(), framing, connections, opt.size, secs, s.requests, rate, mbps,
+      static_cast<double>(s.latency.quantile(0.50)) / 1e3, static_cast<double>(s.latency.quantile(0.99)) / 1e3,
+      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost);
+  std::fflush(stdout);
+}
+
+// Idle mode: hold the connections until SIGTERM/SIGINT or EOF on stdin, so the caller can
+// read the server's memory in between. "ready N" on stdout says all are connected.
+int run_idle(Options& opt) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigprocmask(SIG_BLOCK, &set, nullptr);  // before any thread exists, so all inherit it
+  const int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  Clock clock;
+  Ready ready(1, StartClock{&clock});
+  std::vector<std::uint64_t> ids(opt.connections);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = i;
+  Worker worker(opt, clock, &ready, ids, nullptr);
+  const std::uint64_t t0 = now_ns();
+  worker.run_idle();
+  const std::size_t up = worker.established();
+  std::fprintf(stderr, "idle: %zu of %zu connections up in %.1f s\n", up, opt.connections,
+               static_cast<double>(now_ns() - t0) / 1e9);
+  std::printf("ready %zu\n", up);
+  std::fflush(stdout);
+  pollfd fds[2] = {{sfd, POLLIN, 0}, {0, POLLIN, 0}};
+  for (;;) {
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[0].revents) break;
+    if (fds[1].revents) {
+      char buf[256];
+      const ssize_t n = read(0, buf, sizeof buf);
+      if (n <= 0) break;
+    }
+  }
+  opt.duration_ns = 0;
+  worker.stats().requests = up;
+  print_json(opt, worker.stats(), opt.connections);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::string_view(argv[1]) == "freeport") return freeport(argc, argv);
+  Options opt = parse_options(argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit();
+  (void)pattern();
+  if (opt.mode == Mode::Idle) return run_idle(opt);
+
+  const BulkStream stream = opt.mode == Mode::Bulk ? make_bulk_stream(opt.framing, opt.line_size) : BulkStream{};
+  Clock clock;
+  clock.warmup = opt.warmup_ns;
+  clock.duration = opt.duration_ns;
+  // The last thread to finish setup starts the clock; setup time is never measured.
+  Ready ready(static_cast<std::ptrdiff_t>(opt.threads), StartClock{&clock});
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (std::size_t t = 0; t < opt.threads; ++t) {
+    std::vector<std::uint64_t> ids;
+    for (std::size_t i = t; i < opt.connections; i += opt.threads) ids.push_back(i);
+    workers.push_back(std::make_unique<Worker>(opt, clock, &ready, ids, &stream));
+  }
+  std::vector<std::thread> threads;
+  for (auto& w : workers) threads.emplace_back([&w] { w->run(); });
+
+  if (opt.progress) {
+    while (clock.start.load(std::memory_order_acquire) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const std::uint64_t end = clock.measure_end();
+    while (now_ns() + 1'000'000'000 < end) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      std::uint64_t done = 0;
+      for (auto& w : workers) done += w->stats().progress.load(std::memory_order_relaxed);
+      std::fprintf(stderr, "%s: %.0f s left, %" PRIu64 " %s so far\n", opt.mode_name.c_str(),
+                   static_cast<double>(end - std::min(end, now_ns())) / 1e9, done,
+                   opt.mode == Mode::Bulk ? "bytes" : "requests");
+    }
+  }
+  for (auto& t : threads) t.join();
+  Stats total;
+  for (auto& w : workers) total.merge(w->stats());
+  workers.clear();
+  print_json(opt, total, opt.connections);
+  return total.errors + total.mismatches > 0 ? 1 : 0;
+}
