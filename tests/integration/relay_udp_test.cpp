@@ -1,0 +1,245 @@
+// UDP and multicast relay through the real daemon: one session (and upstream source
+// port) per client address, replies to the right client from the listener's address,
+// session_timeout expiry, max_sessions eviction of the oldest idle session, the PROXY v2
+// header on the first datagram of each session, and multicast fan-out to every upstream
+// (inside a network namespace of the test's own, so no multicast leaves the machine).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "harness.hpp"
+#include "relay_support.hpp"
+
+namespace echorelay::test {
+namespace {
+
+std::string udp_relay_config(const std::string& upstreams, const std::string& keys = "") {
+  return R"([daemon]
+workers = 2
+drain_timeout = "1s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "u"
+protocol = "udp"
+address = "127.0.0.1:0"
+handler = "relay"
+upstreams = )" + upstreams + "\n" + keys;
+}
+
+Labels L(const std::string& listener) { return {{"listener", listener}}; }
+
+// Sends `payload` from `client` and expects the echo back from the listener's address.
+::testing::AssertionResult round_trip(int client, const std::string& listener, const std::string& payload) {
+  if (auto r = udp_send(client, payload); !r) return r;
+  sockaddr_storage from{};
+  auto reply = udp_recv(client, kIoTimeout, &from);
+  if (!reply) return ::testing::AssertionFailure() << "no reply to '" << payload << "'";
+  if (*reply != payload) return ::testing::AssertionFailure() << "reply '" << *reply << "' to '" << payload << "'";
+  if (format_inet(from) != listener)
+    return ::testing::AssertionFailure() << "reply came from " << format_inet(from) << ", not " << listener;
+  return ::testing::AssertionSuccess();
+}
+
+// The upstream-side source address of the last datagram carrying `payload`.
+std::string upstream_source_of(const DatagramUpstream& upstream, const std::string& payload) {
+  std::string from;
+  for (const auto& d : upstream.datagrams())
+    if (d.data == payload) from = d.from;
+  return from;
+}
+
+TEST(RelayUdp, EachClientGetsItsOwnSessionAndItsOwnReplies) {
+  DatagramUpstream upstream("127.0.0.1:0");
+  ASSERT_TRUE(upstream.ok());
+  Daemon daemon(udp_relay_config(toml_list({upstream.address()})));
+  ASSERT_TRUE(daemon.start());
+  const std::string listener = daemon.address("u");
+  Fd a = udp_connect(listener);
+  Fd b = udp_connect(listener);
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(round_trip(a.get(), listener, "from a #1"));
+  ASSERT_TRUE(round_trip(b.get(), listener, "from b #1"));
+  ASSERT_TRUE(round_trip(a.get(), listener, "from a #2"));
+  ASSERT_TRUE(round_trip(b.get(), listener, "from b #2"));
+  // Interleaved without waiting: each reply still reaches its own client.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(udp_send(a.get(), "a" + std::to_string(i)));
+    ASSERT_TRUE(udp_send(b.get(), "b" + std::to_string(i)));
+  }
+  std::set<std::string> got_a, got_b;
+  for (int i = 0; i < 20; ++i) {
+    auto ra = udp_recv(a.get());
+    auto rb = udp_recv(b.get());
+    ASSERT_TRUE(ra && rb) << "lost replies after " << i;
+    got_a.insert(*ra);
+    got_b.insert(*rb);
+  }
+  for (const auto& s : got_a) EXPECT_EQ(s.front(), 'a') << s;
+  for (const auto& s : got_b) EXPECT_EQ(s.front(), 'b') << s;
+  EXPECT_EQ(got_a.size(), 20u);
+  EXPECT_EQ(got_b.size(), 20u);
+
+  const std::string a1 = upstream_source_of(upstream, "from a #1");
+  const std::string a2 = upstream_source_of(upstream, "from a #2");
+  const std::string b1 = upstream_source_of(upstream, "from b #1");
+  const std::string b2 = upstream_source_of(upstream, "from b #2");
+  EXPECT_EQ(a1, a2) << "one session (one upstream socket) per client address";
+  EXPECT_EQ(b1, b2);
+  EXPECT_NE(a1, b1) << "two clients must use two upstream sockets";
+  EXPECT_NE(port_of(a1), port_of(b1));
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_active", L("u"), 2));
+}
+
+TEST(RelayUdp, IdleSessionExpiresAfterSessionTimeout) {
+  DatagramUpstream upstream("127.0.0.1:0");
+  ASSERT_TRUE(upstream.ok());
+  Daemon daemon(udp_relay_config(toml_list({upstream.address()}), "session_timeout = \"1s\"\n"));
+  ASSERT_TRUE(daemon.start());
+  const std::string listener = daemon.address("u");
+  Fd c = udp_connect(listener);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(round_trip(c.get(), listener, "one"));
+  std::this_thread::sleep_for(400ms);  // less than session_timeout: the same session
+  ASSERT_TRUE(round_trip(c.get(), listener, "two"));
+  auto last = Clock::now();
+  const std::string first_source = upstream_source_of(upstream, "one");
+  EXPECT_EQ(upstream_source_of(upstream, "two"), first_source) << "session renewed before its timeout";
+
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_expired_total", L("u"), 1, 4000ms));
+  const double after = std::chrono::duration<double>(Clock::now() - last).count();
+  EXPECT_GE(after, 0.9) << "expired before session_timeout";
+  EXPECT_LE(after, 3.5) << "expired long after session_timeout (1 s)";
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_active", L("u"), 0));
+
+  ASSERT_TRUE(round_trip(c.get(), listener, "three"));
+  const std::string new_source = upstream_source_of(upstream, "three");
+  EXPECT_NE(new_source, first_source) << "a new session needs a new upstream socket";
+}
+
+TEST(RelayUdp, MaxSessionsEvictsTheOldestIdleSession) {
+  DatagramUpstream upstream("127.0.0.1:0");
+  ASSERT_TRUE(upstream.ok());
+  // One worker so "oldest" is one LRU list and the eviction order is exact.
+  Daemon daemon(udp_relay_config(toml_list({upstream.address()}), "max_sessions = 2\nworkers = 1\n"));
+  ASSERT_TRUE(daemon.start());
+  const std::string listener = daemon.address("u");
+  Fd a = udp_connect(listener), b = udp_connect(listener), c = udp_connect(listener);
+  ASSERT_TRUE(a && b && c);
+  ASSERT_TRUE(round_trip(a.get(), listener, "a1"));
+  ASSERT_TRUE(round_trip(b.get(), listener, "b1"));
+  ASSERT_TRUE(round_trip(c.get(), listener, "c1"));  // evicts a (oldest idle)
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_evicted_total", L("u"), 1));
+  ASSERT_TRUE(round_trip(b.get(), listener, "b2"));  // b still has its session
+  EXPECT_EQ(upstream_source_of(upstream, "b2"), upstream_source_of(upstream, "b1"));
+  ASSERT_TRUE(round_trip(a.get(), listener, "a2"));  // a gets a new one; evicts c
+  EXPECT_NE(upstream_source_of(upstream, "a2"), upstream_source_of(upstream, "a1"));
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_evicted_total", L("u"), 2));
+  ASSERT_TRUE(round_trip(b.get(), listener, "b3"));
+  EXPECT_EQ(upstream_source_of(upstream, "b3"), upstream_source_of(upstream, "b1")) << "b was not the oldest";
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_active", L("u"), 2));
+}
+
+TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
+  DatagramUpstream upstream("127.0.0.1:0", /*echo=*/false);
+  ASSERT_TRUE(upstream.ok());
+  Daemon daemon(udp_relay_config(toml_list({upstream.address()}), "proxy_protocol = \"v2\"\n"));
+  ASSERT_TRUE(daemon.start());
+  const std::string listener = daemon.address("u");
+  Fd a = udp_connect(listener);
+  Fd b = udp_connect(listener);
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(udp_send(a.get(), "first"));
+  ASSERT_TRUE(upstream.wait_for(1));
+  ASSERT_TRUE(udp_send(a.get(), "second"));
+  ASSERT_TRUE(upstream.wait_for(2));
+  ASSERT_TRUE(udp_send(b.get(), "other client"));
+  ASSERT_TRUE(upstream.wait_for(3));
+  auto got = upstream.datagrams();
+  ASSERT_EQ(got.size(), 3u);
+
+  auto header = [&](int client) {
+    in_addr lo{};
+    ::inet_pton(AF_INET, "127.0.0.1", &lo);
+    std::string addr(reinterpret_cast<char*>(&lo), 4);
+    auto be16 = [](std::uint16_t v) { return std::string{static_cast<char>(v >> 8), static_cast<char>(v & 0xff)}; };
+    return std::string("\r\n\r\n\0\r\nQUIT\n", 12) + "\x21\x12" + be16(12) + addr + addr + be16(local_port(client)) +
+           be16(daemon.port("u"));
+  };
+  EXPECT_EQ(got[0].data, header(a.get()) + "first") << "UDP4 header then the payload, in one datagram";
+  EXPECT_EQ(got[1].data, "second") << "only the first datagram of a session carries the header";
+  EXPECT_EQ(got[2].data, header(b.get()) + "other client") << "each session starts with its own header";
+}
+
+// ---- multicast fan-out ----
+
+::testing::AssertionResult confine_to_loopback(int fd) {
+  in_addr lo{};
+  lo.s_addr = htonl(INADDR_LOOPBACK);
+  if (::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo) != 0)
+    return ::testing::AssertionFailure() << "IP_MULTICAST_IF: " << std::strerror(errno);
+  int ttl = 1;
+  if (::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl) != 0)
+    return ::testing::AssertionFailure() << "IP_MULTICAST_TTL: " << std::strerror(errno);
+  int loop = 1;
+  if (::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop) != 0)
+    return ::testing::AssertionFailure() << "IP_MULTICAST_LOOP: " << std::strerror(errno);
+  return ::testing::AssertionSuccess();
+}
+
+TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()));
+  const std::string group = "239.255." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  DatagramUpstream one("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream two("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream three("127.0.0.2:0", /*echo=*/true, ns.name());
+  ASSERT_TRUE(one.ok() && two.ok() && three.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(R"([daemon]
+workers = 2
+drain_timeout = "1s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "mc"
+protocol = "multicast"
+address = ")" + group + R"(:0"
+interface = "lo"
+handler = "relay"
+upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\n",
+                options);
+  ASSERT_TRUE(daemon.start());
+  const std::string group_address = daemon.address("mc");
+  ASSERT_EQ(group_address.rfind(group + ":", 0), 0u) << group_address;
+
+  Fd sender = ns.run([] { return udp_bind("127.0.0.1:0"); });
+  ASSERT_TRUE(sender);
+  ASSERT_TRUE(confine_to_loopback(sender.get()));
+  const std::vector<std::string> payloads = {"to every upstream", "second", std::string(1200, 'm')};
+  for (const auto& p : payloads) ASSERT_TRUE(udp_send_to(sender.get(), group_address, p));
+  for (auto* u : {&one, &two, &three}) {
+    EXPECT_TRUE(u->wait_for(payloads.size())) << u->address() << " got " << u->datagrams().size() << " datagrams";
+    auto got = u->datagrams();
+    std::multiset<std::string> expected(payloads.begin(), payloads.end()), seen;
+    for (const auto& d : got) seen.insert(d.data);
+    EXPECT_EQ(seen, expected) << u->address();
+  }
+  // Replies from the upstreams (they echo) are ignored, never sent to the sender.
+  EXPECT_FALSE(udp_recv(sender.get(), 500ms).has_value());
+}
+
+}  // namespace
+}  // namespace echorelay::test
