@@ -340,10 +340,12 @@ int start_connect(const Target& t, bool nodelay) {
   return fd;
 }
 
-bool connect_succeeded(int fd) {
+// The outcome of a non-blocking connect: 0 or its errno.
+int connect_error(int fd) {
   int err = 0;
   socklen_t len = sizeof err;
-  return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
 }
 
 void epoll_set(int ep, int op, int fd, std::uint32_t events, std::uint64_t data) {
@@ -364,6 +366,8 @@ struct Conn {
   State state = State::Down;
   bool handshake = false;  // setup echo outstanding
   int attempts = 0;        // failed setup attempts
+  const char* last_op = "connect";  // the last failure, for the diagnostic when giving up
+  int last_err = 0;
   std::uint64_t seq = 0;
   std::uint64_t started = 0;  // connect start (churn) or request sent (pingpong)
   std::uint64_t retry_at = 0;
@@ -477,6 +481,8 @@ class Worker {
     if (c.fd < 0) {
       // A full Unix backlog (EAGAIN) or no free ephemeral port is load, not failure.
       if (errno != EAGAIN && errno != EADDRNOTAVAIL) ++c.attempts;
+      c.last_op = "connect";
+      c.last_err = errno;
       c.state = Conn::State::Down;
       c.retry_at = now + 1'000'000;
       down_.push_back(static_cast<std::size_t>(&c - conns_.data()));
@@ -498,9 +504,17 @@ class Worker {
     }
   }
 
+  // Counts an error; the first few also go to stderr, to say what kind of errors they were.
+  void count_error(const char* op, int err) {
+    ++stats_.errors;
+    if (logged_errors_++ < 5)
+      std::fprintf(stderr, "echorelay-bench: %s %s: %s\n", op, opt_.target.text.c_str(),
+                   err ? std::strerror(err) : "connection closed by peer");
+  }
+
   // A connection broke after it had worked: count it and start over.
-  void broken(Conn& c, std::uint64_t now) {
-    if (in_window(now)) ++stats_.errors;
+  void broken(Conn& c, std::uint64_t now, const char* op, int err) {
+    if (in_window(now)) count_error(op, err);
     begin_connect(c, now);
   }
 
@@ -517,7 +531,7 @@ class Worker {
     const auto give_up = [&](Conn& c) {
       close_conn(c);
       c.state = Conn::State::Dead;
-      ++stats_.errors;
+      count_error(c.last_op, c.last_err);
       ++settled;
       --active;
     };
@@ -558,7 +572,7 @@ class Worker {
     }
     for (auto& c : conns_) {
       if (c.state == Conn::State::Running && !c.handshake) continue;
-      if (c.state != Conn::State::Dead) ++stats_.errors;  // timed out in setup
+      if (c.state != Conn::State::Dead) count_error("setup", ETIMEDOUT);
       close_conn(c);
       c.state = Conn::State::Dead;
     }
@@ -569,11 +583,17 @@ class Worker {
 
   Setup setup_step(Conn& c) {
     if (c.state == Conn::State::Connecting) {
-      if (!connect_succeeded(c.fd)) return Setup::Failed;
+      c.last_op = "connect";
+      c.last_err = connect_error(c.fd);
+      if (c.last_err != 0) return Setup::Failed;
       // One echo proves the path end to end (a relay has reached its upstream).
       build_frame(c.request, opt_.framing, c.id, c.seq);
       c.got = 0;
-      if (write(c.fd, c.request.data(), c.request.size()) != static_cast<ssize_t>(c.request.size())) return Setup::Failed;
+      c.last_op = "write";
+      if (write(c.fd, c.request.data(), c.request.size()) != static_cast<ssize_t>(c.request.size())) {
+        c.last_err = errno;
+        return Setup::Failed;
+      }
       c.state = Conn::State::Running;
       c.handshake = true;
       watch(c, EPOLL_CTL_MOD, EPOLLIN);
@@ -582,7 +602,11 @@ class Worker {
     if (!c.handshake) return Setup::Pending;
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
     if (n < 0 && errno == EAGAIN) return Setup::Pending;
-    if (n <= 0) return Setup::Failed;
+    if (n <= 0) {
+      c.last_op = "read";
+      c.last_err = n < 0 ? errno : 0;
+      return Setup::Failed;
+    }
     c.got += static_cast<std::size_t>(n);
     if (c.got < c.reply.size()) return Setup::Pending;
     if (std::memcmp(c.reply.data(), c.request.data(), c.reply.size()) != 0) ++stats_.mismatches;
@@ -601,11 +625,11 @@ class Worker {
 
   void on_event(Conn& c, std::uint32_t ev, std::uint64_t now) {
     if (c.state == Conn::State::Connecting) {
-      if (!connect_succeeded(c.fd)) return broken(c, now);
+      if (const int err = connect_error(c.fd)) return broken(c, now, "connect", err);
       return on_connected(c, now);
     }
     if (opt_.mode == Mode::Bulk) return on_bulk(c, ev, now);
-    if ((ev & EPOLLOUT) && !write_rest(c)) return broken(c, now);
+    if ((ev & EPOLLOUT) && !write_rest(c)) return broken(c, now, "write", errno);
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_reply(c, now);
   }
 
@@ -613,7 +637,7 @@ class Worker {
     build_frame(c.request, opt_.framing, c.id, c.seq);
     c.sent = c.got = 0;
     if (opt_.mode != Mode::Churn) c.started = now;  // churn times the whole connect-to-close cycle
-    if (!write_rest(c)) broken(c, now);
+    if (!write_rest(c)) broken(c, now, "write", errno);
   }
 
   // Writes what is left of the request; EPOLLOUT is armed only while the socket is full.
@@ -638,7 +662,7 @@ class Worker {
     // server bug, and shows up as a mismatch on the next request.
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
     if (n < 0 && errno == EAGAIN) return;
-    if (n <= 0) return broken(c, now);
+    if (n <= 0) return broken(c, now, "read", n < 0 ? errno : 0);
     c.got += static_cast<std::size_t>(n);
     if (c.got < c.reply.size()) return;
     const bool same = std::memcmp(c.reply.data(), c.request.data(), c.reply.size()) == 0;
@@ -664,7 +688,7 @@ class Worker {
       const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(opt_.size, room));
       const ssize_t w = write(c.fd, stream_->at(c.stream_sent), len);
       if (w < 0) {
-        if (errno != EAGAIN) return broken(c, now);
+        if (errno != EAGAIN) return broken(c, now, "write", errno);
         if (!c.out_armed) watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
         c.out_armed = true;
         return;
@@ -682,7 +706,7 @@ class Worker {
   void on_bulk(Conn& c, std::uint32_t ev, std::uint64_t now) {
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
       const ssize_t n = read(c.fd, scratch_.data(), scratch_.size());
-      if (n == 0 || (n < 0 && errno != EAGAIN)) return broken(c, now);
+      if (n == 0 || (n < 0 && errno != EAGAIN)) return broken(c, now, "read", n < 0 ? errno : 0);
       if (n > 0) {
         const auto len = static_cast<std::size_t>(n);
         const bool same = std::memcmp(scratch_.data(), stream_->at(c.stream_got), len) == 0;
@@ -732,7 +756,8 @@ class Worker {
       build_frame(s.request, Framing::Raw, s.id, s.seq);
       for (int k = 0; k < 16; ++k) s.request[static_cast<std::size_t>(k)] = "0123456789abcdef"[(s.seq >> (60 - 4 * k)) & 15];
       s.sent_at = now;
-      if (::send(s.fd, s.request.data(), s.request.size(), 0) < 0 && errno != EAGAIN && in_window(now)) ++stats_.errors;
+      if (::send(s.fd, s.request.data(), s.request.size(), 0) < 0 && errno != EAGAIN && in_window(now))
+        count_error("send", errno);
     };
     ready_->arrive_and_wait();
     const std::uint64_t end = clock_.measure_end();
@@ -756,7 +781,7 @@ class Worker {
           if (r < 0) {
             if (errno == EAGAIN) break;
             // ECONNREFUSED: an ICMP unreachable came back; the request is gone.
-            if (in_window(now)) ++stats_.errors;
+            if (in_window(now)) count_error("recv", errno);
             send(s, now);
             break;
           }
@@ -785,6 +810,7 @@ class Worker {
   std::vector<Conn> conns_;
   std::vector<std::size_t> down_;  // indices of Down connections waiting for a retry
   Stats stats_;
+  int logged_errors_ = 0;
   std::array<char, kMaxChunk> scratch_{};
 };
 
@@ -852,6 +878,7 @@ Options parse_options(int argc, char** argv) {
   else if (framing == "raw") opt.framing = Framing::Raw;
   else fail("framing must be line, length-prefixed or raw");
   if ((opt.target.kind == Kind::Udp) != (opt.mode == Mode::Udp)) fail("udp mode needs a udp:// target and the others a stream target");
+  if (opt.mode == Mode::Udp) opt.framing = Framing::Raw;  // a datagram is its own frame
   if (opt.size == 0) opt.size = opt.mode == Mode::Bulk ? 65536 : 64;
   if (opt.mode == Mode::Bulk) {
     if (opt.size > kMaxChunk) fail("bulk --size is at most 256KiB");
