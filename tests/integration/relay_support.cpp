@@ -96,14 +96,22 @@ RelayNetNs::RelayNetNs() : name_(unique_name("erl-relay")) {
     return;
   }
   created_ = true;
+  // The kernel here has no dummy driver; a veth pair does the same job: v0 holds the
+  // addresses, and permanent neighbour entries send packets for the "hosts" .1 to a MAC
+  // nobody owns, so the peer end v1 drops them (PACKET_OTHERHOST). No ARP/NDP failure
+  // can turn the silence into a fast EHOSTUNREACH.
+  const std::string kNobody = "02:00:00:00:00:01";
   const std::vector<std::vector<std::string>> steps = {
       {"-n", name_, "link", "set", "lo", "up"},
       {"-n", name_, "route", "add", "224.0.0.0/4", "dev", "lo"},
-      {"-n", name_, "link", "add", "d0", "type", "dummy"},
-      {"-n", name_, "addr", "add", "198.18.0.2/24", "dev", "d0"},
+      {"-n", name_, "link", "add", "v0", "type", "veth", "peer", "name", "v1"},
+      {"-n", name_, "addr", "add", "198.18.0.2/24", "dev", "v0"},
       // nodad: a tentative address could not be a source, and connects would fail fast.
-      {"-n", name_, "-6", "addr", "add", "2001:db8::2/64", "dev", "d0", "nodad"},
-      {"-n", name_, "link", "set", "d0", "up"},
+      {"-n", name_, "-6", "addr", "add", "2001:db8::2/64", "dev", "v0", "nodad"},
+      {"-n", name_, "link", "set", "v1", "up"},
+      {"-n", name_, "link", "set", "v0", "up"},
+      {"-n", name_, "neigh", "add", kBlackhole4, "lladdr", kNobody, "dev", "v0", "nud", "permanent"},
+      {"-n", name_, "-6", "neigh", "add", kBlackhole6, "lladdr", kNobody, "dev", "v0", "nud", "permanent"},
   };
   for (const auto& step : steps) {
     if (auto r = ip(step); !r) {

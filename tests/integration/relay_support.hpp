@@ -43,10 +43,10 @@ auto run_in_netns(const std::string& netns, F&& f) -> std::invoke_result_t<F&> {
 }
 
 // A network namespace named unique_name("erl-relay"), `lo` up (IPv4 + ::1), a route for
-// the multicast range on lo, and a dummy interface `d0` holding 198.18.0.2/24 and
-// 2001:db8::2/64: packets to 198.18.0.1 / 2001:db8::1 go out of d0 and vanish (a dummy
-// device drops everything and, being NOARP, never fails a neighbour lookup), so a SYN
-// to them is never answered and a connect hangs. Deleted (by name) in the destructor.
+// the multicast range on lo, and a veth pair v0/v1 with 198.18.0.2/24 and 2001:db8::2/64
+// on v0: packets to 198.18.0.1 / 2001:db8::1 go out of v0 to a MAC nobody owns (static
+// neighbour entries) and vanish, so a SYN to them is never answered and a connect hangs
+// (no fast "unreachable"). Deleted (by name) in the destructor.
 class RelayNetNs {
  public:
   static constexpr const char* kBlackhole4 = "198.18.0.1";
