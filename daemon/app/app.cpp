@@ -28,7 +28,10 @@
 #include "listen/open.hpp"
 #include "obs/metrics.hpp"
 #include "os/systemd.hpp"
+#include "relay/resolver.hpp"
+#include "relay/tcp_relay.hpp"
 #include "udp/udp_echo.hpp"
+#include "udp/udp_relay.hpp"
 #include "version.hpp"
 
 namespace echorelay::app {
@@ -110,7 +113,10 @@ struct App::Impl {
   WorkerPool pool;
   std::vector<listen::OpenListener> listeners;
   std::vector<std::unique_ptr<listen::StreamAcceptor>> acceptors;
+  std::unique_ptr<relay::Resolver> resolver;  // only when some listener relays
+  std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
+  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
   std::unique_ptr<lifecycle::Restarter> restarter;
@@ -157,24 +163,38 @@ void App::Impl::start_serving() {
   pool.start();
   auto& workers = pool.all();
   std::size_t index = 0;
+  for (const auto& spec : config.listeners) {
+    if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<relay::Resolver>(config.resolver);
+  }
   for (auto& open : listeners) {
     const auto& spec = *open.spec;
     auto& counters = metrics.listener(spec.name);
+    const bool relays = spec.handler == config::Handler::Relay;
     if (spec.is_stream()) {
+      relay::RelayListener* relay_listener = nullptr;
+      if (relays) {
+        relay_listeners.push_back(std::make_unique<relay::RelayListener>(spec, counters, *resolver));
+        relay_listener = relay_listeners.back().get();
+      }
       Worker& home = *workers[index++ % workers.size()];
       auto acceptor = std::make_unique<listen::StreamAcceptor>(
           home.ctx, open.fds.front().get(), spec, counters,
           listen::StreamAcceptor::Limits{&metrics.connections_active_total, config.daemon.max_connections},
           [this]() -> asio::io_context& { return pool.next().ctx; },
-          [this, &spec, &counters](listen::StreamSocket socket, echo::ConnectionSlot slot) {
+          [this, &spec, &counters, relay_listener](listen::StreamSocket socket, lifecycle::ConnectionSlot slot) {
             auto& ctx = static_cast<asio::io_context&>(socket.get_executor().context());
             Worker* target = nullptr;
             for (auto& w : pool.all()) {
               if (&w->ctx == &ctx) target = w.get();
             }
             // The session set is the target worker's alone: join it on that thread.
-            asio::post(ctx, [target, &spec, &counters, socket = std::move(socket), slot = std::move(slot)]() mutable {
-              echo::start_session(std::move(socket), spec, counters, std::move(slot), target->sessions);
+            asio::post(ctx, [target, &spec, &counters, relay_listener, socket = std::move(socket),
+                             slot = std::move(slot)]() mutable {
+              if (relay_listener) {
+                relay::start_relay_session(std::move(socket), *relay_listener, std::move(slot), target->sessions);
+              } else {
+                echo::start_session(std::move(socket), spec, counters, std::move(slot), target->sessions);
+              }
             });
           });
       acceptor->start();
@@ -182,9 +202,13 @@ void App::Impl::start_serving() {
     } else {
       std::vector<int> fds;
       for (auto& fd : open.fds) fds.push_back(fd.get());
-      auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters);
-      server->start();
-      udp_servers.push_back(std::move(server));
+      if (relays) {
+        spdlog::error("listener {}: udp relay pending", spec.name);
+      } else {
+        auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters);
+        server->start();
+        udp_servers.push_back(std::move(server));
+      }
     }
   }
 }
@@ -424,6 +448,8 @@ int App::Impl::run() {
   acceptors.clear();
   for (auto& u : udp_servers) u->stop();
   pool.stop();
+  relay_listeners.clear();
+  resolver.reset();
   if (is_main) {
     cleanup_files();
     if (!config.daemon.pid_file.empty()) {

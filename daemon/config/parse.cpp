@@ -751,7 +751,6 @@ void Parser::validate(Config& config) {
     }
 
     if (meta.handler_ok && l.handler == Handler::Relay) {
-      error(at("handler"), prefix + ".handler", "relay is not available in this build");
       if (meta.upstreams_written == 0) {
         error(at("upstreams"), prefix + ".upstreams", "a relay needs at least one upstream");
       }

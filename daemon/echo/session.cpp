@@ -45,7 +45,7 @@ std::span<char> scratch() {
 
 class EchoSession final : public lifecycle::Session, public std::enable_shared_from_this<EchoSession> {
  public:
-  EchoSession(Socket socket, const config::Listener& spec, obs::ListenerCounters& counters, ConnectionSlot slot)
+  EchoSession(Socket socket, const config::Listener& spec, obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot)
       : socket_(std::move(socket)),
         timer_(socket_.get_executor()),
         spec_(spec),
@@ -181,11 +181,14 @@ class EchoSession final : public lifecycle::Session, public std::enable_shared_f
     closed_ = true;
     timer_.cancel();
     boost::system::error_code ignored;
-    const auto peer = socket_.remote_endpoint(ignored);
-    spdlog::debug("[c{} {}] closed: peer {}, {} bytes in, {} bytes out, {} requests, {}ms, {}", id_, spec_.name,
+    if (spdlog::should_log(spdlog::level::debug)) {
+      // The peer may already be gone (getpeername fails): the id still ties the lines.
+      const auto peer = socket_.remote_endpoint(ignored);
+      spdlog::debug("[c{} {}] closed: peer {}, {} bytes in, {} bytes out, {} requests, {}ms, {}", id_, spec_.name,
                   ignored ? std::string("-") : net::format_sockaddr(peer.data(), static_cast<socklen_t>(peer.size())),
                   bytes_in_, bytes_out_, requests_,
                   std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_);
+    }
     socket_.close(ignored);
   }
 
@@ -193,7 +196,7 @@ class EchoSession final : public lifecycle::Session, public std::enable_shared_f
   asio::steady_timer timer_;
   const config::Listener& spec_;
   obs::ListenerCounters& counters_;
-  ConnectionSlot slot_;
+  lifecycle::ConnectionSlot slot_;
   FrameScanner scanner_;
   std::vector<char> pending_;  // an unfinished frame
   std::vector<char> unsent_;   // answer bytes the kernel has not taken yet
@@ -276,7 +279,7 @@ asio::awaitable<void> EchoSession::run() {
 
 }  // namespace
 
-void start_session(Socket socket, const config::Listener& spec, obs::ListenerCounters& counters, ConnectionSlot slot,
+void start_session(Socket socket, const config::Listener& spec, obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot,
                    lifecycle::SessionSet& sessions) {
   auto executor = socket.get_executor();
   auto session = std::make_shared<EchoSession>(std::move(socket), spec, counters, std::move(slot));

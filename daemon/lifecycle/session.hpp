@@ -4,6 +4,9 @@
 #pragma once
 
 #include <boost/intrusive/list.hpp>
+#include <utility>
+
+#include "obs/metrics.hpp"
 
 namespace echorelay::lifecycle {
 
@@ -17,6 +20,23 @@ class Session : public SessionHook {
   virtual void drain() = 0;
   // The drain deadline passed: close now.
   virtual void close_now() = 0;
+};
+
+// Releases a connection's place in the per-listener and daemon-wide counts when the
+// session ends, whichever thread that happens on.
+struct ConnectionSlot {
+  obs::ListenerCounters* counters = nullptr;
+  obs::Gauge* total = nullptr;
+  ConnectionSlot() = default;
+  ConnectionSlot(obs::ListenerCounters* c, obs::Gauge* t) : counters(c), total(t) {}
+  ConnectionSlot(ConnectionSlot&& o) noexcept : counters(std::exchange(o.counters, nullptr)), total(o.total) {}
+  ConnectionSlot& operator=(ConnectionSlot&&) = delete;
+  ~ConnectionSlot() {
+    if (counters) {
+      counters->connections_active.fetch_sub(1, std::memory_order_relaxed);
+      total->fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
 };
 
 using SessionSet = boost::intrusive::list<Session, boost::intrusive::constant_time_size<false>>;

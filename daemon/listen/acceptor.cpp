@@ -103,7 +103,7 @@ asio::awaitable<void> StreamAcceptor::Impl::loop() {
     }
     counters.connections_active.fetch_add(1, std::memory_order_relaxed);
     limits.total_active->fetch_add(1, std::memory_order_relaxed);
-    on_accept(std::move(socket), echo::ConnectionSlot(&counters, limits.total_active));
+    on_accept(std::move(socket), lifecycle::ConnectionSlot(&counters, limits.total_active));
   }
 }
 

@@ -22,7 +22,7 @@ class StreamAcceptor {
   // Chooses the io_context a new connection will live on.
   using PickContext = std::function<boost::asio::io_context&()>;
   // Called on the acceptor's thread with a socket bound to the picked context.
-  using OnAccept = std::function<void(StreamSocket, echo::ConnectionSlot)>;
+  using OnAccept = std::function<void(StreamSocket, lifecycle::ConnectionSlot)>;
 
   struct Limits {
     obs::Gauge* total_active = nullptr;

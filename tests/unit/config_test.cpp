@@ -546,13 +546,12 @@ session_timeout = "10s"
             (Lines{
                 R"(t.toml:5:1: listener[0].upstreams: upstreams does not apply to handler = "echo")",
                 R"(t.toml:6:1: listener[0].balance: balance does not apply to handler = "echo")",
-                R"(t.toml:11:11: listener[1].handler: relay is not available in this build)",
                 R"(t.toml:13:1: listener[1].framing: framing does not apply to handler = "relay")",
                 R"(t.toml:14:1: listener[1].session_timeout: session_timeout does not apply to protocol = "tcp")",
             }));
 }
 
-TEST(Config, RelayIsRefusedButItsKeysAreStillChecked) {
+TEST(Config, RelayKeysAreChecked) {
   EXPECT_EQ(diagnostics(R"([[listener]]
 name = "r"
 protocol = "udp"
@@ -567,7 +566,6 @@ session_timeout = "30s"
 max_sessions = -1
 )"),
             (Lines{
-                R"(t.toml:5:11: listener[0].handler: relay is not available in this build)",
                 R"(t.toml:6:37: listener[0].upstreams[1]: "/tmp/x.sock": a udp relay needs "host:port" upstreams)",
                 R"(t.toml:6:52: listener[0].upstreams[2]: "bad host:1": invalid host)",
                 R"(t.toml:6:66: listener[0].upstreams[3]: "10.0.0.1:0": an upstream needs a port other than 0)",
@@ -578,7 +576,7 @@ max_sessions = -1
             }));
 }
 
-TEST(Config, RelayKeysAreReadIntoTheListenerDespiteTheRefusal) {
+TEST(Config, RelayKeysAreReadIntoTheListener) {
   LoadResult r = parse_config(R"([[listener]]
 name = "r"
 protocol = "tcp"
@@ -593,9 +591,24 @@ source_address = "::1"
 fallback_delay = "100ms"
 proxy_protocol = "v2"
 )", "t.toml");
-  // Only the refusal is reported: every relay key was accepted on its own.
-  ASSERT_EQ(r.diagnostics.size(), 1U);
-  EXPECT_EQ(r.diagnostics[0].text, "t.toml:5:11: listener[0].handler: relay is not available in this build");
+  ASSERT_TRUE(r.diagnostics.empty()) << r.diagnostics[0].text;
+  ASSERT_TRUE(r.config);
+  const Listener& l = r.config->listeners.at(0);
+  EXPECT_EQ(l.handler, Handler::Relay);
+  ASSERT_EQ(l.upstreams.size(), 4U);
+  EXPECT_EQ(l.upstreams[0].host, "echo.internal");
+  EXPECT_EQ(l.upstreams[0].port, 7);
+  EXPECT_EQ(l.upstreams[1].host, "::1");
+  EXPECT_EQ(l.upstreams[2].kind, net::Endpoint::Kind::UnixPath);
+  EXPECT_EQ(l.upstreams[3].kind, net::Endpoint::Kind::UnixAbstract);
+  EXPECT_EQ(l.balance, Balance::LeastConnections);
+  EXPECT_EQ(l.connect_timeout, std::chrono::seconds(1));
+  EXPECT_EQ(l.idle_timeout, Duration::zero());
+  EXPECT_EQ(l.upstream_keepalive, std::chrono::minutes(1));
+  ASSERT_TRUE(l.source_address);
+  EXPECT_EQ(l.source_address->host, "::1");
+  EXPECT_EQ(l.fallback_delay, std::chrono::milliseconds(100));
+  EXPECT_EQ(l.proxy_protocol, ProxyProtocol::V2);
 }
 
 TEST(Config, RelayWithoutUpstreamsIsReported) {
@@ -607,7 +620,6 @@ handler = "relay"
 )"),
             (Lines{
                 R"(t.toml:1:1: listener[0].upstreams: a relay needs at least one upstream)",
-                R"(t.toml:5:11: listener[0].handler: relay is not available in this build)",
             }));
 }
 

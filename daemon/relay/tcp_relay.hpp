@@ -1,0 +1,33 @@
+// The stream relay session (TCP, Unix, abstract; any listener kind to any upstream
+// kind): pick an upstream (balancing, failover within connect_timeout), dial it, send
+// the PROXY header, then pump both directions until both have ended. A FIN is passed
+// on as a FIN after everything before it was written; `idle_timeout` ends a session in
+// which neither side moved. TCP↔TCP moves bytes with splice(2). One summary log line.
+#pragma once
+
+#include <boost/asio/generic/stream_protocol.hpp>
+
+#include "config/config.hpp"
+#include "echo/session.hpp"
+#include "lifecycle/session.hpp"
+#include "obs/metrics.hpp"
+#include "relay/resolver.hpp"
+#include "relay/upstream_pool.hpp"
+
+namespace echorelay::relay {
+
+// What every session of one relay listener shares; owned by App, outlives sessions.
+struct RelayListener {
+  RelayListener(const config::Listener& s, obs::ListenerCounters& c, Resolver& r)
+      : spec(s), counters(c), resolver(r), pool(s.upstreams, s.balance) {}
+  const config::Listener& spec;
+  obs::ListenerCounters& counters;
+  Resolver& resolver;
+  UpstreamPool pool;
+};
+
+// Call on the worker thread that owns `sessions`; `client` lives on that worker.
+void start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
+                         lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions);
+
+}  // namespace echorelay::relay
