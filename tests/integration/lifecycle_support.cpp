@@ -16,10 +16,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -193,6 +195,18 @@ pid_t parent_of(pid_t pid) {
   return ppid;
 }
 
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (parent_of(pid) == parent) out.push_back(pid);
+  }
+  return out;
+}
+
 Gone wait_gone(pid_t pid, Millis timeout) {
   Gone result;
   if (pid <= 0) return result;
@@ -244,6 +258,11 @@ ServiceUnderTest::~ServiceUnderTest() {
   if (first_pid_ > 0 && !first_exit_) pids.push_back(first_pid_);
   for (const auto& m : notify_.messages())
     if (m.sender > 0) pids.push_back(m.sender);
+  // Workers of a supervisor and successors still starting: every descendant.
+  for (std::size_t i = 0; i < pids.size() && i < 1000; ++i) {
+    for (pid_t child : children_of(pids[i]))
+      if (std::find(pids.begin(), pids.end(), child) == pids.end()) pids.push_back(child);
+  }
   for (pid_t pid : pids) {
     // Only processes of this service: the ones we spawned or that spoke on our socket.
     if (pid > 0 && process_state(pid) != 0 && process_state(pid) != 'Z') ::kill(pid, SIGKILL);

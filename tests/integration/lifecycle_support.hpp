@@ -75,6 +75,8 @@ Gone wait_gone(pid_t pid, Millis timeout);
 // 'R', 'S', 'Z', ... from /proc/PID/stat, or 0 when there is no such process.
 char process_state(pid_t pid);
 pid_t parent_of(pid_t pid);
+// Every process whose parent is `parent` (zombies included), from /proc.
+std::vector<pid_t> children_of(pid_t parent);
 
 // The real daemon followed across hot restarts. Writes its config into its own temp
 // dir, owns the NOTIFY_SOCKET, knows the current main pid (from MAINPID= messages)

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <algorithm>
-#include <filesystem>
 #include <thread>
 
 #include "harness.hpp"
@@ -55,18 +54,6 @@ address = "127.0.0.1:0"
 bool exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-// Pids of the living (non-zombie) children of `parent`.
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> out;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const auto name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    pid_t pid = static_cast<pid_t>(std::stol(name));
-    if (parent_of(pid) == parent && process_state(pid) != 'Z' && process_state(pid) != 0) out.push_back(pid);
-  }
-  return out;
 }
 
 TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
@@ -153,7 +140,9 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   for (pid_t pid : old_pids) {
     Gone g = wait_gone(pid, 10000ms);
     EXPECT_TRUE(g.gone) << "old pid " << pid << " still running";
-    if (g.exit_code) EXPECT_EQ(*g.exit_code, 0) << "old pid " << pid;
+    if (g.exit_code) {
+      EXPECT_EQ(*g.exit_code, 0) << "old pid " << pid;
+    }
   }
   // After its successor's READY, an old process says nothing more to the service manager.
   for (std::size_t i = 0; i < old_pids.size(); ++i) {
@@ -175,7 +164,9 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   ASSERT_TRUE(svc.signal(SIGTERM));
   Gone last = svc.wait_main_exit(10000ms);
   EXPECT_TRUE(last.gone);
-  if (last.exit_code) EXPECT_EQ(*last.exit_code, 0);
+  if (last.exit_code) {
+    EXPECT_EQ(*last.exit_code, 0);
+  }
   EXPECT_FALSE(exists(unix_path)) << "the last main process owns the path and removes it at exit";
 }
 
@@ -274,7 +265,9 @@ TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServ
   EXPECT_TRUE(expect_closed(persistent.get())) << "old process drains its idle connection";
   Gone g = wait_gone(pid, 5000ms);
   EXPECT_TRUE(g.gone);
-  if (g.exit_code) EXPECT_EQ(*g.exit_code, 0);
+  if (g.exit_code) {
+    EXPECT_EQ(*g.exit_code, 0);
+  }
   Fd c = connect_to(svc.address("tcp"));
   ASSERT_TRUE(c);
   EXPECT_TRUE(echo_line(c.get(), "successor serves\n"));
