@@ -9,7 +9,7 @@ packages=(
   libsystemd-dev libc-ares-dev
   googletest libgtest-dev libgmock-dev
   # real peers the tests talk to
-  systemd iproute2 socat netcat-openbsd python3 procps
+  systemd iproute2 socat netcat-openbsd python3 procps dnsmasq-base
 )
 
 missing=()
