@@ -82,7 +82,8 @@ TEST(Drain, SigtermAnswersTheRequestInFlightClosesIdleWithFinAndTheRestAtTheDead
       << svc.notify().dump();
 
   EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
-  // Gone: nothing holds the listening socket any more.
+  // Gone, and the fd store (kept by this test) flushed: nothing holds the socket now.
+  svc.notify().release_fds();
   int err = 0;
   Fd late = try_connect(tcp, &err, 1000ms);
   EXPECT_FALSE(late) << "port still accepting after exit";

@@ -132,6 +132,11 @@ void NotifySocket::pump(Millis timeout) {
     }
     notice.text.assign(buf, static_cast<std::size_t>(n));
     while (!notice.text.empty() && notice.text.back() == '\n') notice.text.pop_back();
+    if (notice.has("FDSTOREREMOVE=1")) {
+      const auto name = notice.value("FDNAME");
+      for (auto& m : messages_)
+        if (m.has("FDSTORE=1") && m.value("FDNAME") == name) m.fds.clear();
+    }
     messages_.push_back(std::move(notice));
   }
 }
@@ -157,6 +162,11 @@ std::optional<std::size_t> NotifySocket::wait_for(const std::function<bool(const
 std::optional<std::size_t> NotifySocket::wait_line(std::string_view line, std::size_t from, Millis timeout) {
   std::string l(line);
   return wait_for([l](const Notice& n) { return n.has(l); }, from, timeout);
+}
+
+void NotifySocket::release_fds() {
+  pump();
+  for (auto& m : messages_) m.fds.clear();
 }
 
 std::string NotifySocket::dump() const {
@@ -333,6 +343,7 @@ void ServiceUnderTest::write_config(const std::string& toml) {
   }
   first_pid_ = pid;
   pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (options_.after_spawn) options_.after_spawn();
 
   auto deadline = Clock::now() + timeout;
   const bool supervise = options_.supervise;

@@ -36,6 +36,7 @@ struct Notice {
 };
 
 // A test-owned AF_UNIX datagram socket with SO_PASSCRED: the service's NOTIFY_SOCKET.
+// Keeps FDSTORE fds like systemd's fd store, honouring FDSTOREREMOVE=1 by name.
 // Single-threaded: only the test thread calls it.
 class NotifySocket {
  public:
@@ -54,6 +55,9 @@ class NotifySocket {
                                       Millis timeout);
   // Convenience: first message at or after `from` holding the exact line.
   std::optional<std::size_t> wait_line(std::string_view line, std::size_t from, Millis timeout);
+  // Closes every fd received (as systemd flushes the fd store when the service stops).
+  // Until then the test holds the stored listening sockets open, like systemd does.
+  void release_fds();
   // Every message as "[pid] text", for failure output.
   std::string dump() const;
 
@@ -95,6 +99,9 @@ class ServiceUnderTest {
     // --supervise: the first process stays the service's pid; outcomes are read from
     // the READY/STATUS it relays (it does not relay MAINPID).
     bool supervise = false;
+    // Called once right after the spawn, before waiting for READY=1 (e.g. to make the
+    // first connection that socket activation waits for).
+    std::function<void()> after_spawn;
   };
 
   explicit ServiceUnderTest(std::string toml);

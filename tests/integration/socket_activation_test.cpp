@@ -84,6 +84,7 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
   const std::string unix_path = sockets.file("activated.sock");
   std::unique_ptr<ServiceUnderTest> svc;
   std::uint16_t port = 0;
+  Fd first;
   // The activator needs a fixed port: pick a free one and retry if someone takes it.
   for (int attempt = 0; attempt < 5 && !svc; ++attempt) {
     ::unlink(unix_path.c_str());
@@ -97,10 +98,25 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
                 "-l", unix_path, "--fdname=act-unix",
                 "-E", "NOTIFY_SOCKET=" + candidate->notify_path(),
                 "-E", "WATCHDOG_USEC=300000"};
+    // The activator starts the service on the first connection: that connection waits
+    // in the accept queue of a socket the daemon has not adopted yet.
+    o.after_spawn = [&first, port] {
+      wait_until(
+          [&] {
+            int err = 0;
+            first = try_connect("127.0.0.1:" + std::to_string(port), &err, 1000ms);
+            return first.valid();
+          },
+          3000ms);
+      if (first) {
+        EXPECT_TRUE(send_all(first.get(), "first connection\n"));
+      }
+    };
     auto started = candidate->start();
     if (started) {
       svc = std::move(candidate);
-    } else if (attempt == 4) {
+    } else if (attempt == 4 || std::string(started.message()).find("in use") == std::string::npos) {
+      // Only a port taken between picking and binding is worth another try.
       FAIL() << started.message();
     }
   }
@@ -123,7 +139,10 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
   for (std::size_t i = *ready; i < notify.size(); ++i)
     EXPECT_FALSE(notify.at(i).has("FDSTORE=1")) << "FDSTORE after READY=1";
 
-  // The adopted sockets serve.
+  // The connection that triggered the activation is served, and the adopted sockets serve.
+  ASSERT_TRUE(first);
+  EXPECT_EQ(recv_exact(first.get(), 17), "first connection\n");
+  first.reset();
   Fd tcp = connect_to(svc->address("act-tcp"));
   ASSERT_TRUE(tcp);
   EXPECT_TRUE(echo_line(tcp.get(), "activated tcp\n"));
