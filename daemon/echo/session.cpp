@@ -220,9 +220,15 @@ asio::awaitable<void> EchoSession::run() {
   for (;;) {
     idle_ = pending_.empty();
     if (draining_ && idle_) {
-      reason_ = "drained";
-      co_await linger_close();
-      break;
+      // A request already waiting in the socket is one the peer sent before we
+      // closed: answer it first; only a truly idle connection is closed.
+      char probe;
+      if (::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
+        reason_ = "drained";
+        co_await linger_close();
+        break;
+      }
+      idle_ = false;
     }
     if (!co_await wait(Wait::Read)) break;
     idle_ = false;
