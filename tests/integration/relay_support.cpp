@@ -354,9 +354,14 @@ void StreamUpstream::loop() {
               std::min<std::uint64_t>(bulk_chunk.size(), options_.bulk_bytes - l.bulk_sent));
           for (std::size_t k = 0; k < want; ++k) bulk_chunk[k] = pattern_byte(l.bulk_sent + k);
           ssize_t n = ::send(l.fd.get(), bulk_chunk.data(), want, MSG_DONTWAIT | MSG_NOSIGNAL);
+          if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            close_live(l);  // the reader went away (EPIPE, ECONNRESET)
+            break;
+          }
           if (n <= 0) break;
           l.bulk_sent += static_cast<std::uint64_t>(n);
         }
+        if (!l.fd) continue;
         if (l.bulk_sent == options_.bulk_bytes) {
           ::shutdown(l.fd.get(), SHUT_WR);
           l.fin_sent = true;

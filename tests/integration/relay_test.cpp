@@ -223,7 +223,8 @@ TEST_P(RelayHalfClose, UpstreamShutdownFirstAndClientKeepsSending) {
   EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_connections_active", L("r"), 0));
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, RelayHalfClose, ::testing::Values("tcp", "unix"));
+INSTANTIATE_TEST_SUITE_P(Relay, RelayHalfClose, ::testing::Values("tcp", "unix"),
+                         [](const auto& info) { return std::string(info.param); });
 
 // ---- memory with a slow reader ----
 
@@ -303,7 +304,8 @@ TEST_P(RelaySlowReader, MemoryStaysFlatWhileTheClientDoesNotRead) {
   std::cerr << "slow reader (" << GetParam() << "): VmRSS baseline " << baseline << " KiB, peak " << peak << " KiB\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, RelaySlowReader, ::testing::Values("tcp", "unix"));
+INSTANTIATE_TEST_SUITE_P(Relay, RelaySlowReader, ::testing::Values("tcp", "unix"),
+                         [](const auto& info) { return std::string(info.param); });
 
 // ---- failover, errors, passive health ----
 
