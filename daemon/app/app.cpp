@@ -116,7 +116,6 @@ struct App::Impl {
   std::unique_ptr<relay::Resolver> resolver;  // only when some listener relays
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
-  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
   std::unique_ptr<lifecycle::Restarter> restarter;

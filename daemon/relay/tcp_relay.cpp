@@ -34,6 +34,10 @@ namespace {
 
 std::atomic<std::uint64_t> next_relay_id{1};
 constexpr std::size_t kSpliceChunk = 64 * 1024;
+// A read this large means bulk data: move it with splice from then on.
+constexpr std::size_t kBulkRead = 32 * 1024;
+// Spliced chunks smaller than this, four in a row, mean request/response again.
+constexpr std::size_t kSmallChunk = 4 * 1024;
 
 std::span<char> scratch() {
   thread_local std::array<char, 64 * 1024> buffer;
@@ -122,7 +126,6 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   asio::awaitable<bool> connect_upstream();
   asio::awaitable<bool> send_all(Socket& to, std::span<const char> data, obs::Counter& counter);
   asio::awaitable<void> pump(Direction d);
-  asio::awaitable<void> pump_splice(Direction d);
   void abort(const char* why) {
     if (aborted_) return;
     aborted_ = true;
@@ -233,38 +236,44 @@ asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> d
   co_return true;
 }
 
+// One direction of the relay. It starts by copying through per-thread scratch (the
+// cheapest path for small request/response traffic: one recv, one send) and switches
+// to splice(2) once a read fills most of the scratch, i.e. when bulk data is flowing;
+// a few small chunks in a row switch it back (HAProxy's splice-auto idea).
 asio::awaitable<void> RelaySession::pump(Direction d) {
-  for (;;) {
-    auto [ec] = co_await d.from->async_wait(Socket::wait_read, kUseAwaitable);
-    if (aborted_ || ec) co_return;
-    auto buf = scratch();
-    const ssize_t n = ::recv(d.from->native_handle(), buf.data(), buf.size(), MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      fail_io(errno, d.from == &upstream_);
-      co_return;
-    }
-    if (n == 0) {
-      // Everything read before the FIN has been written: pass the FIN on and let the
-      // other direction keep flowing (half-close).
-      ::shutdown(d.to->native_handle(), SHUT_WR);
-      co_return;
-    }
-    touch();
-    counters_.add(*d.read_counter, static_cast<std::uint64_t>(n));
-    *d.bytes += static_cast<std::uint64_t>(n);
-    if (!co_await send_all(*d.to, std::span<const char>(buf.data(), static_cast<std::size_t>(n)), *d.write_counter)) {
-      co_return;
-    }
-  }
-}
-
-asio::awaitable<void> RelaySession::pump_splice(Direction d) {
   PipePool::Pipe pipe;
   std::size_t in_pipe = 0;
+  bool spliced = false;
+  unsigned small_chunks = 0;
   for (;;) {
     auto [ec] = co_await d.from->async_wait(Socket::wait_read, kUseAwaitable);
     if (aborted_ || ec) break;
+    if (!spliced) {
+      auto buf = scratch();
+      const ssize_t n = ::recv(d.from->native_handle(), buf.data(), buf.size(), MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        fail_io(errno, d.from == &upstream_);
+        break;
+      }
+      if (n == 0) {
+        // Everything read before the FIN has been written: pass the FIN on and let
+        // the other direction keep flowing (half-close).
+        ::shutdown(d.to->native_handle(), SHUT_WR);
+        break;
+      }
+      touch();
+      counters_.add(*d.read_counter, static_cast<std::uint64_t>(n));
+      *d.bytes += static_cast<std::uint64_t>(n);
+      if (!co_await send_all(*d.to, std::span<const char>(buf.data(), static_cast<std::size_t>(n)), *d.write_counter)) {
+        break;
+      }
+      if (splice_ && static_cast<std::size_t>(n) >= kBulkRead) {
+        spliced = true;
+        small_chunks = 0;
+      }
+      continue;
+    }
     if (pipe.read < 0 && !pipes().acquire(pipe)) {
       abort("pipe2 failed");
       break;
@@ -285,8 +294,8 @@ asio::awaitable<void> RelaySession::pump_splice(Direction d) {
     *d.bytes += static_cast<std::uint64_t>(n);
     in_pipe = static_cast<std::size_t>(n);
     while (in_pipe > 0) {
-      const ssize_t m = ::splice(pipe.read, nullptr, d.to->native_handle(), nullptr, in_pipe,
-                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      const ssize_t m =
+          ::splice(pipe.read, nullptr, d.to->native_handle(), nullptr, in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
       if (m > 0) {
         in_pipe -= static_cast<std::size_t>(m);
         counters_.add(*d.write_counter, static_cast<std::uint64_t>(m));
@@ -303,6 +312,8 @@ asio::awaitable<void> RelaySession::pump_splice(Direction d) {
     }
     if (in_pipe > 0) break;
     pipes().release(pipe, true);
+    if (static_cast<std::size_t>(n) < kSmallChunk && ++small_chunks >= 4) spliced = false;
+    if (static_cast<std::size_t>(n) >= kSmallChunk) small_chunks = 0;
   }
   pipes().release(pipe, in_pipe == 0);
 }
@@ -365,11 +376,7 @@ asio::awaitable<void> RelaySession::run() {
   watch_idle();
   Direction up{&client_, &upstream_, &counters_.bytes_received, &counters_.upstream_bytes_sent, &client_to_upstream_};
   Direction down{&upstream_, &client_, &counters_.upstream_bytes_received, &counters_.bytes_sent, &upstream_to_client_};
-  if (splice_) {
-    co_await (pump_splice(up) && pump_splice(down));
-  } else {
-    co_await (pump(up) && pump(down));
-  }
+  co_await (pump(up) && pump(down));
   if (!aborted_) reason_ = "both sides closed";
   finish();
 }

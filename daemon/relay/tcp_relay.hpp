@@ -2,7 +2,8 @@
 // kind): pick an upstream (balancing, failover within connect_timeout), dial it, send
 // the PROXY header, then pump both directions until both have ended. A FIN is passed
 // on as a FIN after everything before it was written; `idle_timeout` ends a session in
-// which neither side moved. TCP↔TCP moves bytes with splice(2). One summary log line.
+// which neither side moved. Bulk TCP↔TCP transfer switches to splice(2). One summary
+// log line.
 #pragma once
 
 #include <boost/asio/generic/stream_protocol.hpp>
