@@ -346,8 +346,9 @@ TEST(Relay, RepeatedlyRefusedUpstreamIsEjected) {
   if (elapsed < 0.9) {
     EXPECT_EQ(refusals, 3) << "passive health: 3 consecutive failures eject the upstream";
   } else {
+    // Slow machine: the 1 s ejection may have ended before the last connections.
     EXPECT_GE(refusals, 3);
-    EXPECT_LE(refusals, 5) << "12 connections took " << elapsed << " s";
+    EXPECT_LE(refusals, 6) << "12 connections took " << elapsed << " s";
   }
   // After the ejection (1 s) the upstream is tried again.
   ASSERT_TRUE(wait_until(
@@ -865,6 +866,8 @@ TEST(RelayNetns, HappyEyeballsFallsBackToIpv4WithinFallbackDelay) {
     EXPECT_TRUE(echo_line(c.get(), "happy eyeballs\n", 10000ms));
     const double elapsed = seconds_since(t0);
     EXPECT_LT(elapsed, 1.5) << "first echo after " << elapsed << " s (fallback_delay 0.5 s, connect_timeout 10 s)";
+    EXPECT_GE(elapsed, 0.4) << "IPv4 was tried first: RFC 6724 ranks the global IPv6 address first, so the "
+                               "fallback was not exercised";
     std::cerr << "happy eyeballs: first echo after " << elapsed << " s\n";
   }
   EXPECT_EQ(upstream.accepted(), 2u);
