@@ -128,6 +128,14 @@ std::string Registry::render_prometheus() const {
     fmt::format_to(std::back_inserter(out), "echorelay_upstream_connect_seconds_count{{listener=\"{}\"}} {}\n", l.name,
                    load(l.connect_count));
   }
+  per_listener("echorelay_udp_sessions_active", "gauge", "UDP relay sessions open now.",
+               [](const ListenerCounters& l) { return l.udp_sessions_active.load(std::memory_order_relaxed); });
+  per_listener("echorelay_udp_sessions_evicted_total", "counter",
+               "UDP relay sessions closed to stay within max_sessions.",
+               [](const ListenerCounters& l) { return load(l.udp_sessions_evicted); });
+  per_listener("echorelay_udp_sessions_expired_total", "counter",
+               "UDP relay sessions closed after session_timeout idle.",
+               [](const ListenerCounters& l) { return load(l.udp_sessions_expired); });
   family(out, "echorelay_restarts_total", "counter", "Hot restarts handed over to a successor.");
   fmt::format_to(std::back_inserter(out), "echorelay_restarts_total {}\n", load(restarts));
   family(out, "echorelay_restart_failures_total", "counter", "Hot restarts that failed; the old process kept serving.");

@@ -59,6 +59,10 @@ struct ListenerCounters {
   Counter connect_micros{0};  // sum, for the histogram's _sum
   Counter upstream_bytes_sent{0};
   Counter upstream_bytes_received{0};
+  // UDP relay sessions (one per client address)
+  Gauge udp_sessions_active{0};
+  Counter udp_sessions_evicted{0};  // closed for max_sessions
+  Counter udp_sessions_expired{0};  // closed after session_timeout idle
 
   void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
   void refuse(Refuse r) { add(refused[static_cast<unsigned>(r)]); }

@@ -6,7 +6,6 @@
 
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -17,147 +16,19 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <bitset>
 #include <cerrno>
-#include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <random>
 #include <string>
 #include <system_error>
 #include <thread>
-#include <unordered_map>
+
+#include "udp/datagram_io.hpp"
 
 namespace echorelay::udp {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-constexpr unsigned kBatch = 32;
-constexpr std::size_t kSourceSoftCap = 65536;       // past this, sweep idle sources
-constexpr std::size_t kSourceHardCap = 4 * kSourceSoftCap;  // past this after a sweep, forget all
-constexpr auto kSourceIdle = std::chrono::seconds(10);
-constexpr auto kSweepInterval = std::chrono::seconds(1);
-constexpr int kSendWaitMs = 10;
-constexpr auto kWarnInterval = std::chrono::seconds(10);
-// Room for one IP_PKTINFO and one IPV6_PKTINFO: a dual-stack socket may carry either.
-constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo));
-
-std::string errno_text(int err) { return std::system_category().message(err); }
-
-[[noreturn]] void fatal(const std::string& listener, const char* call, int err) {
-  spdlog::critical("udp {}: {} on our own socket: {}", listener, call, errno_text(err));
-  std::abort();
-}
-
-bool is_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
-// Errors that can only mean the fd or our arguments are wrong, never the peer.
-bool is_impossible(int err) { return err == EBADF || err == ENOTSOCK || err == EFAULT || err == EINVAL; }
-
-// At most one warning per interval for events an attacker can repeat.
-class WarnGate {
- public:
-  // True when a warning may be logged now; `suppressed` is how many were held back.
-  bool allow(std::uint64_t& suppressed) {
-    const auto now = Clock::now().time_since_epoch().count();
-    auto next = next_.load(std::memory_order_relaxed);
-    if (now < next ||
-        !next_.compare_exchange_strong(next, now + Clock::duration(kWarnInterval).count(),
-                                       std::memory_order_relaxed)) {
-      suppressed_.fetch_add(1, std::memory_order_relaxed);
-      return false;
-    }
-    suppressed = suppressed_.exchange(0, std::memory_order_relaxed);
-    return true;
-  }
-
- private:
-  std::atomic<Clock::rep> next_{0};
-  std::atomic<std::uint64_t> suppressed_{0};
-};
-
-std::uint16_t source_port(const sockaddr_storage& addr) {
-  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
-  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
-  return 0;
-}
-
-// Token bucket per source address (port ignored). Owned by one reader thread: with
-// SO_REUSEPORT the kernel hashes a source to one socket, so no lock is needed.
-class SourceLimiter {
- public:
-  explicit SourceLimiter(std::uint32_t rate) : rate_(rate), seed_(std::random_device{}()) {}
-
-  bool admit(const sockaddr_storage& addr, Clock::time_point now) {
-    const Key key = make_key(addr);
-    auto it = buckets_.find(key);
-    if (it == buckets_.end()) {
-      if (buckets_.size() >= kSourceSoftCap) sweep(now);
-      buckets_.emplace(key, Bucket{static_cast<double>(rate_) - 1.0, now});
-      return true;
-    }
-    Bucket& b = it->second;
-    const double elapsed = std::chrono::duration<double>(now - b.last).count();
-    b.tokens = std::min(static_cast<double>(rate_), b.tokens + elapsed * rate_);
-    b.last = now;
-    if (b.tokens < 1.0) return false;
-    b.tokens -= 1.0;
-    return true;
-  }
-
- private:
-  // IPv4 is stored v4-mapped so a dual-stack socket sees one source, whatever the family.
-  struct Key {
-    std::array<std::uint64_t, 2> words{};
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    std::uint64_t seed;
-    std::size_t operator()(const Key& k) const {
-      // Seeded so that sources chosen by an attacker cannot aim at one hash chain.
-      std::uint64_t h = seed ^ (k.words[0] * 0x9e3779b97f4a7c15ULL);
-      h ^= (h >> 31) ^ (k.words[1] * 0xbf58476d1ce4e5b9ULL);
-      h ^= h >> 29;
-      return static_cast<std::size_t>(h * 0x94d049bb133111ebULL);
-    }
-  };
-  struct Bucket {
-    double tokens;
-    Clock::time_point last;
-  };
-
-  static Key make_key(const sockaddr_storage& addr) {
-    std::array<unsigned char, 16> bytes{};
-    if (addr.ss_family == AF_INET) {
-      bytes[10] = bytes[11] = 0xff;
-      std::memcpy(&bytes[12], &reinterpret_cast<const sockaddr_in&>(addr).sin_addr, 4);
-    } else if (addr.ss_family == AF_INET6) {
-      std::memcpy(bytes.data(), &reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr, 16);
-    }
-    Key key;
-    std::memcpy(key.words.data(), bytes.data(), 16);
-    return key;
-  }
-
-  void sweep(Clock::time_point now) {
-    // A sweep is O(table); at most once per interval so a flood of new sources cannot
-    // make every datagram pay for one.
-    if (now < next_sweep_) return;
-    next_sweep_ = now + kSweepInterval;
-    std::erase_if(buckets_, [&](const auto& entry) { return now - entry.second.last > kSourceIdle; });
-    // Still huge: too many live sources to track. Forgetting them grants each one a
-    // fresh burst, which is what any new (or spoofed) source gets anyway.
-    if (buckets_.size() >= kSourceHardCap) buckets_.clear();
-  }
-
-  std::uint32_t rate_;
-  std::uint64_t seed_;
-  std::unordered_map<Key, Bucket, KeyHash> buckets_{16, KeyHash{seed_}};
-  Clock::time_point next_sweep_{};
-};
 
 struct Slot {
   std::byte* data = nullptr;
@@ -168,51 +39,6 @@ struct Slot {
   sockaddr_storage addr{};
   alignas(cmsghdr) unsigned char control[kControlSize]{};
 };
-
-// The reply leaves from the address the datagram was sent to: on a wildcard-bound
-// socket the routing choice can differ, and a connected client would discard it.
-socklen_t reply_control(const Slot& slot, unsigned char* out) {
-  if (slot.control_len == 0) return 0;
-  msghdr m{};
-  m.msg_control = const_cast<unsigned char*>(slot.control);
-  m.msg_controllen = slot.control_len;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
-      in_pktinfo got;
-      std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      in_pktinfo info{};
-      // ipi_spec_dst is the local address for a unicast datagram and an address of the
-      // receiving interface for a multicast one: a valid source either way.
-      info.ipi_spec_dst = got.ipi_spec_dst;
-      auto* h = reinterpret_cast<cmsghdr*>(out);
-      h->cmsg_level = IPPROTO_IP;
-      h->cmsg_type = IP_PKTINFO;
-      h->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(h), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
-    }
-    if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
-      in6_pktinfo got;
-      std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      // A group address cannot be a source; let the kernel choose.
-      if (IN6_IS_ADDR_MULTICAST(&got.ipi6_addr)) return 0;
-      in6_pktinfo info{};
-      info.ipi6_addr = got.ipi6_addr;
-      auto* h = reinterpret_cast<cmsghdr*>(out);
-      h->cmsg_level = IPPROTO_IPV6;
-      h->cmsg_type = IPV6_PKTINFO;
-      h->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(h), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
-    }
-  }
-  return 0;
-}
-
-void name_thread(const char* prefix, std::size_t index) {
-  const std::string name = prefix + std::to_string(index);
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
-}
 
 }  // namespace
 
@@ -247,7 +73,8 @@ struct EchoServer::Impl {
         rate_(listener.rate_limit),
         sockets_(std::move(sockets)),
         counters_(counters) {
-    for (auto port : listener.deny_source_ports) denied_ports_.set(port);
+    for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
+    policy_.rate = rate_;
     // MAP_NORESERVE: a large queue costs address space only; pages are committed as
     // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
     buffer_bytes_ = static_cast<std::size_t>(capacity_) * max_datagram_;
@@ -279,7 +106,7 @@ struct EchoServer::Impl {
     std::lock_guard guard(lifecycle_);
     if (started_) return;
     started_ = true;
-    for (int fd : sockets_) enable_pktinfo(fd);
+    for (int fd : sockets_) enable_pktinfo(fd, name_);
     for (unsigned i = 0; i < worker_count_; ++i) {
       workers_.emplace_back([this, i] {
         name_thread("udp-w", i);
@@ -335,24 +162,6 @@ struct EchoServer::Impl {
   }
 
  private:
-  void enable_pktinfo(int fd) {
-    int domain = 0;
-    socklen_t len = sizeof domain;
-    if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return;
-    const int on = 1;
-    // Without it replies leave with a routing-chosen source; echo still works for
-    // unconnected clients, so a failure here is only logged.
-    int rc = 0;
-    if (domain == AF_INET6) {
-      rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
-      // v4-mapped datagrams on a dual-stack socket report IP_PKTINFO instead.
-      (void)::setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
-    } else if (domain == AF_INET) {
-      rc = ::setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
-    }
-    if (rc != 0) spdlog::warn("udp {}: setsockopt PKTINFO: {}; replies use the routed source", name_, errno_text(errno));
-  }
-
   unsigned reserve(std::array<std::uint32_t, kBatch>& out) {
     std::lock_guard lock(mutex_);
     const auto k = static_cast<unsigned>(std::min<std::size_t>(kBatch, free_.size()));
@@ -397,20 +206,6 @@ struct EchoServer::Impl {
     }
   }
 
-  bool admit(Reader& r, const sockaddr_storage& from, Clock::time_point now) {
-    if (denied_ports_.test(source_port(from))) {
-      counters_.drop(obs::Drop::DeniedPort);
-      counters_.refuse(obs::Refuse::DeniedPort);
-      return false;
-    }
-    if (rate_ != 0 && !r.limiter.admit(from, now)) {
-      counters_.drop(obs::Drop::RateLimited);
-      counters_.refuse(obs::Refuse::RateLimited);
-      return false;
-    }
-    return true;
-  }
-
   void drain(Reader& r) {
     while (!stop_reading_.load(std::memory_order_acquire)) {
       const unsigned k = reserve(r.reserved);
@@ -451,7 +246,7 @@ struct EchoServer::Impl {
         const auto len = r.msgs[i].msg_len;
         bytes += len;
         const auto& from = *static_cast<const sockaddr_storage*>(h.msg_name);
-        if (!admit(r, from, now)) continue;
+        if (!policy_.admit(r.limiter, from, now, counters_)) continue;
         if ((h.msg_flags & MSG_TRUNC) != 0) {
           counters_.drop(obs::Drop::Truncated);
           continue;
@@ -509,7 +304,7 @@ struct EchoServer::Impl {
       h.msg_namelen = slot.addr_len;
       h.msg_iov = &s.iov[i];
       h.msg_iovlen = 1;
-      const socklen_t control = reply_control(slot, s.control[i].data());
+      const socklen_t control = reply_control(slot.control, slot.control_len, s.control[i].data());
       if (control != 0) {
         h.msg_control = s.control[i].data();
         h.msg_controllen = control;
@@ -526,57 +321,20 @@ struct EchoServer::Impl {
   }
 
   void send_run(int fd, mmsghdr* msgs, unsigned n) {
-    unsigned done = 0;
-    bool waited = false;
-    while (done < n) {
-      const int sent = ::sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
-      if (sent > 0) {
-        std::uint64_t bytes = 0;
-        for (int i = 0; i < sent; ++i) bytes += msgs[done + i].msg_len;
-        counters_.add(counters_.datagrams_sent, static_cast<std::uint64_t>(sent));
-        counters_.add(counters_.requests, static_cast<std::uint64_t>(sent));
-        counters_.add(counters_.bytes_sent, bytes);
-        done += static_cast<unsigned>(sent);
-        waited = false;
-        continue;
-      }
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (is_again(err) || err == ENOBUFS) {
-        if (!waited) {
-          waited = true;
-          pollfd p{fd, POLLOUT, 0};
-          if (::poll(&p, 1, kSendWaitMs) > 0) continue;
-        }
-        // The send buffer stayed full for the whole wait: shed this run rather than
-        // stall the pool behind one socket.
-        counters_.drop(obs::Drop::SendFailed, n - done);
-        warn("sendmmsg", err);
-        return;
-      }
-      if (err == EBADF || err == ENOTSOCK) fatal(name_, "sendmmsg", err);
-      // The peer's address or route is at fault (EINVAL for a bogus family, ENETUNREACH,
-      // EPERM from a firewall): drop this one, keep the rest.
-      counters_.drop(obs::Drop::SendFailed);
-      warn("sendmmsg", err);
-      ++done;
-      waited = false;
-    }
+    const Sent sent = send_datagrams(fd, msgs, n, name_, counters_, warn_gate_);
+    counters_.add(counters_.datagrams_sent, sent.datagrams);
+    counters_.add(counters_.requests, sent.datagrams);
+    counters_.add(counters_.bytes_sent, sent.bytes);
   }
 
-  void warn(const char* call, int err) {
-    std::uint64_t suppressed = 0;
-    if (warn_gate_.allow(suppressed)) {
-      spdlog::warn("udp {}: {}: {} ({} similar warning(s) suppressed)", name_, call, errno_text(err), suppressed);
-    }
-  }
+  void warn(const char* call, int err) { warn_gate_.warn(name_, call, err); }
 
   const std::string name_;
   const std::uint32_t max_datagram_;
   const std::uint32_t capacity_;
   const unsigned worker_count_;
   const std::uint32_t rate_;
-  std::bitset<65536> denied_ports_;
+  SourcePolicy policy_;
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;
 

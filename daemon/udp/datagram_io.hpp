@@ -1,0 +1,126 @@
+// What the UDP echo and relay servers share on their data planes: errno classes,
+// rate-limited warnings, the per-source token bucket, source admission (denied ports,
+// rate), and IP_PKTINFO handling (reply from the address a datagram was sent to).
+// No threads or sockets are owned here; every function is safe on any thread unless
+// its type says otherwise.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <atomic>
+#include <bitset>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+#include "obs/metrics.hpp"
+
+namespace echorelay::udp {
+
+using Clock = std::chrono::steady_clock;
+
+// Datagrams per recvmmsg/sendmmsg call.
+inline constexpr unsigned kBatch = 32;
+// Room for one IP_PKTINFO and one IPV6_PKTINFO: a dual-stack socket may carry either.
+inline constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo));
+// How long a sender waits for room in a full socket send buffer before dropping.
+inline constexpr int kSendWaitMs = 10;
+
+std::string errno_text(int err);
+// For errors on our own fd, which no peer can cause: log and abort.
+[[noreturn]] void fatal(const std::string& listener, const char* call, int err);
+inline bool is_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+// Errors that can only mean the fd or our arguments are wrong, never the peer.
+inline bool is_impossible(int err) { return err == EBADF || err == ENOTSOCK || err == EFAULT || err == EINVAL; }
+
+// At most one warning per interval for events an attacker can repeat. Thread-safe.
+class WarnGate {
+ public:
+  // True when a warning may be logged now; `suppressed` is how many were held back.
+  bool allow(std::uint64_t& suppressed);
+  // Logs "udp LISTENER: CALL: ERRNO (N similar warning(s) suppressed)" when allowed.
+  void warn(const std::string& listener, const char* call, int err);
+
+ private:
+  std::atomic<Clock::rep> next_{0};
+  std::atomic<std::uint64_t> suppressed_{0};
+};
+
+std::uint16_t source_port(const sockaddr_storage& addr);
+
+// Token bucket per source address (port ignored). Not thread-safe: owned by one reader
+// thread (with SO_REUSEPORT the kernel hashes a source to one socket, so no lock is
+// needed).
+class SourceLimiter {
+ public:
+  explicit SourceLimiter(std::uint32_t rate);
+  bool admit(const sockaddr_storage& addr, Clock::time_point now);
+
+ private:
+  // IPv4 is stored v4-mapped so a dual-stack socket sees one source, whatever the family.
+  struct Key {
+    std::array<std::uint64_t, 2> words{};
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    std::uint64_t seed;
+    std::size_t operator()(const Key& k) const;
+  };
+  struct Bucket {
+    double tokens;
+    Clock::time_point last;
+  };
+
+  static Key make_key(const sockaddr_storage& addr);
+  void sweep(Clock::time_point now);
+
+  std::uint32_t rate_;
+  std::uint64_t seed_;
+  std::unordered_map<Key, Bucket, KeyHash> buckets_;
+  Clock::time_point next_sweep_{};
+};
+
+// The client checks both servers apply before a datagram is served: a denied source
+// port, then the per-source rate (0 = off). A refusal bumps the drop and refuse
+// counters. `limiter` belongs to the calling reader thread.
+struct SourcePolicy {
+  std::bitset<65536> denied_ports;
+  std::uint32_t rate = 0;
+  bool admit(SourceLimiter& limiter, const sockaddr_storage& from, Clock::time_point now,
+             obs::ListenerCounters& counters) const;
+};
+
+// Turns on IP_PKTINFO / IPV6_RECVPKTINFO so each datagram reports the address it was
+// sent to. A failure is logged: replies then leave from a routing-chosen source.
+void enable_pktinfo(int fd, const std::string& listener);
+
+// From the control data received with a datagram, the control data for a reply that
+// leaves from the address the datagram was sent to (written to `out`, which has
+// kControlSize bytes); returns its length, 0 for "let the kernel choose".
+socklen_t reply_control(const unsigned char* control, socklen_t control_len, unsigned char* out);
+
+// The destination address of a received datagram (its header's, from PKTINFO) with
+// `port` filled in; false when the control data carries none.
+bool destination_address(const unsigned char* control, socklen_t control_len, std::uint16_t port,
+                         sockaddr_storage& out, socklen_t& out_len);
+
+// Sends msgs[0..n) on `fd` with sendmmsg. A full send buffer gets one wait of
+// kSendWaitMs, after which the rest is dropped rather than stalling the caller behind
+// one socket; a datagram the kernel refuses for its address or route (EINVAL for a
+// bogus family, ENETUNREACH, EPERM from a firewall) is dropped alone. Drops are counted
+// as SendFailed and warned through `gate`; an error on our own fd aborts.
+struct Sent {
+  unsigned datagrams = 0;
+  std::uint64_t bytes = 0;
+};
+Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listener, obs::ListenerCounters& counters,
+                    WarnGate& gate);
+
+// pthread name "<prefix><index>", cut to the kernel's 15 bytes.
+void name_thread(const char* prefix, std::size_t index);
+
+}  // namespace echorelay::udp
