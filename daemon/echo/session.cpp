@@ -154,7 +154,10 @@ class EchoSession final : public lifecycle::Session, public std::enable_shared_f
         reason_ = errno == EPIPE || errno == ECONNRESET ? "peer reset" : "send failed";
         co_return false;
       }
-      if (data.data() != unsent_.data()) {
+      // Once only: after a partial send `data` already points into `unsent_`.
+      const bool copied =
+          !unsent_.empty() && data.data() >= unsent_.data() && data.data() < unsent_.data() + unsent_.size();
+      if (!copied) {
         unsent_.assign(data.begin(), data.end());
         data = unsent_;
       }

@@ -171,8 +171,19 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
   DialOptions options{spec.connect_timeout, spec.upstream_keepalive, spec.source_address, spec.fallback_delay};
   // Each upstream in the balancer's order, until one connects or the connect_timeout
   // (which covers the whole failover) runs out.
-  for (auto* upstream : listener_.pool.plan()) {
-    if (aborted_ || Clock::now() >= deadline) break;
+  const auto plan = listener_.pool.plan();
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    auto* upstream = plan[i];
+    const auto now = Clock::now();
+    if (aborted_ || now >= deadline) break;
+    // Go's partialDeadline: the time left is shared among the upstreams left, so an
+    // unanswered first choice cannot use up the whole connect_timeout; but each try
+    // gets at least 2 s (or all that is left) to stay meaningful.
+    const auto remaining = deadline - now;
+    auto share = remaining / static_cast<long>(plan.size() - i);
+    constexpr auto kMinimumTry = std::chrono::seconds(2);
+    if (share < kMinimumTry) share = std::min<Clock::duration>(remaining, kMinimumTry);
+    const auto attempt_deadline = now + share;
     Addresses addresses;
     const auto& endpoint = upstream->endpoint;
     if (endpoint.is_unix() || endpoint.is_ip_literal()) {
@@ -189,7 +200,7 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
       addresses = std::move(*resolved);
     }
     const auto dial_started = Clock::now();
-    DialResult dialed = co_await dial(addresses, options, deadline);
+    DialResult dialed = co_await dial(addresses, options, attempt_deadline);
     if (!dialed.fd) {
       counters_.upstream_error(dialed.error.kind);
       listener_.pool.failed(*upstream);
@@ -225,8 +236,10 @@ asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> d
       fail_io(errno, &to == &upstream_);
       co_return false;
     }
-    // `data` may be the thread's scratch: keep our own copy across the suspension.
-    if (unsent.empty() || data.data() != unsent.data()) {
+    // `data` may be the thread's scratch: keep our own copy across the suspension
+    // (once; after a partial send it already points into that copy).
+    const bool copied = !unsent.empty() && data.data() >= unsent.data() && data.data() < unsent.data() + unsent.size();
+    if (!copied) {
       unsent.assign(data.begin(), data.end());
       data = unsent;
     }
