@@ -116,6 +116,7 @@ struct App::Impl {
   std::unique_ptr<relay::Resolver> resolver;  // only when some listener relays
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
+  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
   std::unique_ptr<lifecycle::Restarter> restarter;
@@ -202,7 +203,9 @@ void App::Impl::start_serving() {
       std::vector<int> fds;
       for (auto& fd : open.fds) fds.push_back(fd.get());
       if (relays) {
-        spdlog::error("listener {}: udp relay pending", spec.name);
+        auto server = std::make_unique<udp::RelayServer>(spec, std::move(fds), counters, *resolver);
+        server->start();
+        udp_relays.push_back(std::move(server));
       } else {
         auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters);
         server->start();
@@ -309,6 +312,7 @@ void App::Impl::begin_drain() {
                config.daemon.drain_timeout.count());
   for (auto& a : acceptors) a->pause();
   for (auto& u : udp_servers) u->stop_reading();
+  for (auto& u : udp_relays) u->stop_reading();
   for (auto& w : pool.all()) {
     asio::post(w->ctx, [worker = w.get()] { lifecycle::for_each_session(worker->sessions, [](auto& s) { s.drain(); }); });
   }
@@ -446,6 +450,7 @@ int App::Impl::run() {
 
   acceptors.clear();
   for (auto& u : udp_servers) u->stop();
+  for (auto& u : udp_relays) u->stop();
   pool.stop();
   relay_listeners.clear();
   resolver.reset();

@@ -761,6 +761,11 @@ void Parser::validate(Config& config) {
                 quoted(l.upstreams[u].to_string()) + ": a " + std::string(to_string(l.protocol)) +
                     " relay needs \"host:port\" upstreams");
         }
+        // v1 is a text line for TCP streams; it has no way to say "UDP".
+        if (l.proxy_protocol == ProxyProtocol::V1) {
+          error(at("proxy_protocol"), prefix + ".proxy_protocol",
+                "\"v1\" cannot describe datagrams; use \"v2\" on a " + std::string(to_string(l.protocol)) + " relay");
+        }
       }
     }
   }

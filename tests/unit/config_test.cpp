@@ -817,3 +817,23 @@ TEST(Config, ShippedExampleDeclaresTheDocumentedListeners) {
 
 }  // namespace
 }  // namespace echorelay::config
+
+namespace echorelay::config {
+namespace {
+
+TEST(Config, ProxyProtocolV1IsRefusedOnDatagramRelays) {
+  LoadResult r = parse_config(R"([[listener]]
+name = "u"
+protocol = "udp"
+address = "127.0.0.1:0"
+handler = "relay"
+upstreams = ["127.0.0.1:9"]
+proxy_protocol = "v1"
+)", "t.toml");
+  ASSERT_EQ(r.diagnostics.size(), 1U);
+  EXPECT_EQ(r.diagnostics[0].text,
+            R"(t.toml:7:18: listener[0].proxy_protocol: "v1" cannot describe datagrams; use "v2" on a udp relay)");
+}
+
+}  // namespace
+}  // namespace echorelay::config
