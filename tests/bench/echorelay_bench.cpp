@@ -1,6 +1,7 @@
 // echorelay-bench: the load generator of tests/bench. Owns the workloads (pingpong, bulk,
 // churn, udp, idle), byte-for-byte verification of every echo, the latency histogram and
-// the one-line JSON report. Plain C++20 over epoll: no Asio and no daemon code, so it is
+// the one-line JSON report; for the restart benchmark also a notify-socket receiver and a
+// signal sender that print CLOCK_MONOTONIC timestamps. Plain C++20 over epoll: no Asio and no daemon code, so it is
 // cheap to build and shares no code path with what it measures. Starting servers and
 // tabulating results belong to tests/bench/run.
 #include <arpa/inet.h>
@@ -42,6 +43,17 @@ std::uint64_t now_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// SIGINT/SIGTERM end the measured window early (pingpong, bulk, churn, udp): the run
+// reports what it measured until then. The handler only stores the time (clock_gettime
+// is async-signal-safe); the workers notice within one epoll timeout.
+std::atomic<std::uint64_t> g_stop_ns{~std::uint64_t{0}};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+extern "C" void on_stop_signal(int) {
+  std::uint64_t expected = ~std::uint64_t{0};
+  g_stop_ns.compare_exchange_strong(expected, now_ns());
 }
 
 [[noreturn]] void fail(const std::string& message) {
@@ -121,8 +133,10 @@ struct Options {
   std::uint64_t warmup_ns = 1'000'000'000;
   std::uint64_t loss_timeout_ns = 200'000'000;
   std::uint64_t connect_timeout_ns = 30'000'000'000;
+  std::uint64_t request_timeout_ns = 0;  // 0 = off
   std::size_t threads = 1;
   bool progress = false;
+  bool reconnect = false;  // a clean EOF at a request boundary reconnects (not an error)
 };
 
 std::optional<std::uint64_t> parse_duration_ns(std::string_view text) {
@@ -291,6 +305,8 @@ struct Stats {
   std::uint64_t errors = 0;
   std::uint64_t mismatches = 0;
   std::uint64_t lost = 0;
+  std::uint64_t connects = 0;    // connects completed in the window
+  std::uint64_t reconnects = 0;  // clean closes by the server at a request boundary (--reconnect)
   Histogram latency;
   std::atomic<std::uint64_t> progress{0};  // requests so far, read by the progress printer
 
@@ -300,6 +316,8 @@ struct Stats {
     errors += o.errors;
     mismatches += o.mismatches;
     lost += o.lost;
+    connects += o.connects;
+    reconnects += o.reconnects;
     latency.merge(o.latency);
   }
 };
@@ -311,7 +329,10 @@ struct Clock {
   std::uint64_t warmup = 0;
   std::uint64_t duration = 0;
   std::uint64_t measure_start() const { return start.load(std::memory_order_acquire) + warmup; }
-  std::uint64_t measure_end() const { return measure_start() + duration; }
+  // The planned end, or earlier when SIGINT/SIGTERM stopped the run.
+  std::uint64_t measure_end() const {
+    return std::min(measure_start() + duration, g_stop_ns.load(std::memory_order_relaxed));
+  }
 };
 
 int open_socket(const Target& t, bool nodelay) {
@@ -370,6 +391,8 @@ struct Conn {
   int last_err = 0;
   std::uint64_t seq = 0;
   std::uint64_t started = 0;  // connect start (churn) or request sent (pingpong)
+  std::uint64_t step_at = 0;  // last connect or request sent: what --request-timeout times
+  bool resend = false;        // the request goes again on a new connection (--reconnect)
   std::uint64_t retry_at = 0;
   bool out_armed = false;
   std::vector<char> request;
@@ -424,16 +447,21 @@ class Worker {
     if (opt_.mode == Mode::Udp) return run_udp();
     if (opt_.mode != Mode::Churn) establish_all();
     ready_->arrive_and_wait();
-    const std::uint64_t end = clock_.measure_end();
+    running_ = true;
     for (auto& c : conns_) {
       if (opt_.mode == Mode::Churn) begin_connect(c, now_ns());
       else if (c.state == Conn::State::Running) on_connected(c, now_ns());
     }
     std::array<epoll_event, 256> events{};
+    std::uint64_t next_scan = now_ns() + 100'000'000;
     for (;;) {
       std::uint64_t now = now_ns();
-      if (now >= end) break;
+      if (now >= clock_.measure_end()) break;
       retry_due(now);
+      if (opt_.request_timeout_ns && opt_.mode != Mode::Bulk && now >= next_scan) {
+        next_scan = now + 100'000'000;
+        expire_stalled(now);
+      }
       const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), down_.empty() ? 10 : 1);
       now = now_ns();
       for (int i = 0; i < n; ++i) {
@@ -476,11 +504,17 @@ class Worker {
     c.stream_sent = c.stream_got = 0;
     c.pending_head = c.pending_count = 0;
     c.handshake = false;
-    c.started = now;
+    if (!c.resend) c.started = now;
+    c.step_at = now;
     c.fd = start_connect(opt_.target, true);
     if (c.fd < 0) {
       // A full Unix backlog (EAGAIN) or no free ephemeral port is load, not failure.
-      if (errno != EAGAIN && errno != EADDRNOTAVAIL) ++c.attempts;
+      if (errno != EAGAIN && errno != EADDRNOTAVAIL) {
+        ++c.attempts;
+        // Setup counts its failures when it gives up; a measured run counts each one
+        // (a refused connect during a restart is exactly what must not happen).
+        if (running_ && in_window(now)) count_error("connect", errno);
+      }
       c.last_op = "connect";
       c.last_err = errno;
       c.state = Conn::State::Down;
@@ -515,7 +549,26 @@ class Worker {
   // A connection broke after it had worked: count it and start over.
   void broken(Conn& c, std::uint64_t now, const char* op, int err) {
     if (in_window(now)) count_error(op, err);
+    c.resend = false;
     begin_connect(c, now);
+  }
+
+  // --reconnect: the server closed cleanly (EOF) before any byte of the reply, i.e. at a
+  // request boundary, as a draining server does. Not an error: connect again and send the
+  // same request; its latency still runs from the first send.
+  void reconnect(Conn& c, std::uint64_t now) {
+    if (in_window(now)) ++stats_.reconnects;
+    c.resend = true;
+    begin_connect(c, now);
+  }
+
+  // --request-timeout: a connect or request not done in time is an error; start over.
+  void expire_stalled(std::uint64_t now) {
+    for (auto& c : conns_) {
+      const bool busy = c.state == Conn::State::Connecting || (c.state == Conn::State::Running && !c.handshake);
+      if (c.fd >= 0 && busy && now - c.step_at > opt_.request_timeout_ns)
+        broken(c, now, c.state == Conn::State::Connecting ? "connect" : "request", ETIMEDOUT);
+    }
   }
 
   // Setup: every connection up and through one echo (or given up after three attempts)
@@ -626,6 +679,7 @@ class Worker {
   void on_event(Conn& c, std::uint32_t ev, std::uint64_t now) {
     if (c.state == Conn::State::Connecting) {
       if (const int err = connect_error(c.fd)) return broken(c, now, "connect", err);
+      if (in_window(now)) ++stats_.connects;
       return on_connected(c, now);
     }
     if (opt_.mode == Mode::Bulk) return on_bulk(c, ev, now);
@@ -636,7 +690,10 @@ class Worker {
   void send_request(Conn& c, std::uint64_t now) {
     build_frame(c.request, opt_.framing, c.id, c.seq);
     c.sent = c.got = 0;
-    if (opt_.mode != Mode::Churn) c.started = now;  // churn times the whole connect-to-close cycle
+    c.step_at = now;
+    // churn times the whole connect-to-close cycle; a resent request its first send
+    if (opt_.mode != Mode::Churn && !c.resend) c.started = now;
+    c.resend = false;
     if (!write_rest(c)) broken(c, now, "write", errno);
   }
 
@@ -662,7 +719,9 @@ class Worker {
     // server bug, and shows up as a mismatch on the next request.
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
     if (n < 0 && errno == EAGAIN) return;
-    if (n <= 0) return broken(c, now, "read", n < 0 ? errno : 0);
+    if (n == 0 && c.got == 0 && opt_.reconnect) return reconnect(c, now);
+    // EOF inside a reply is a partial echo: an error, like a reset.
+    if (n <= 0) return broken(c, now, c.got ? "read (partial echo)" : "read", n < 0 ? errno : 0);
     c.got += static_cast<std::size_t>(n);
     if (c.got < c.reply.size()) return;
     const bool same = std::memcmp(c.reply.data(), c.request.data(), c.reply.size()) == 0;
@@ -760,12 +819,11 @@ class Worker {
         count_error("send", errno);
     };
     ready_->arrive_and_wait();
-    const std::uint64_t end = clock_.measure_end();
     for (auto& s : socks) send(s, now_ns());
     std::array<epoll_event, 64> events{};
     for (;;) {
       std::uint64_t now = now_ns();
-      if (now >= end) break;
+      if (now >= clock_.measure_end()) break;
       for (auto& s : socks) {
         if (now - s.sent_at >= opt_.loss_timeout_ns) {
           if (in_window(now)) ++stats_.lost;
@@ -809,6 +867,7 @@ class Worker {
   int ep_ = -1;
   std::vector<Conn> conns_;
   std::vector<std::size_t> down_;  // indices of Down connections waiting for a retry
+  bool running_ = false;           // past setup: the measured loop runs
   Stats stats_;
   int logged_errors_ = 0;
   std::array<char, kMaxChunk> scratch_{};
@@ -828,7 +887,14 @@ void usage() {
       "  --duration D      measured time (default 5s)   --warmup D   unmeasured time first (default 1s)\n"
       "  --loss-timeout D  udp: a reply later than this is lost (default 200ms)\n"
       "  --threads N       load threads (default 1)     --progress   progress on stderr every second\n"
-      "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n",
+      "  --reconnect       pingpong/churn: a clean EOF before any reply byte reconnects and resends\n"
+      "                    (counted as reconnects, not errors)\n"
+      "  --request-timeout D  pingpong/churn: a connect or request not done in D is an error (default 0s = off)\n"
+      "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
+      "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n"
+      "  echorelay-bench notify PATH    bind an AF_UNIX datagram socket (sd_notify receiver) and print\n"
+      "                                 'MONOTONIC_NS SENDER_PID MESSAGE' per datagram until SIGTERM/SIGINT\n"
+      "  echorelay-bench signal PID SIG print CLOCK_MONOTONIC ns, then kill(PID, SIG) (SIG: HUP, TERM, ...)\n",
       stderr);
   std::exit(2);
 }
@@ -852,6 +918,10 @@ Options parse_options(int argc, char** argv) {
       opt.progress = true;
       continue;
     }
+    if (arg == "--reconnect") {
+      opt.reconnect = true;
+      continue;
+    }
     if (i + 1 >= argc) usage();
     const std::string_view value = argv[++i];
     const auto duration = [&] {
@@ -868,6 +938,7 @@ Options parse_options(int argc, char** argv) {
     else if (arg == "--warmup") opt.warmup_ns = duration();
     else if (arg == "--loss-timeout") opt.loss_timeout_ns = duration();
     else if (arg == "--connect-timeout") opt.connect_timeout_ns = duration();
+    else if (arg == "--request-timeout") opt.request_timeout_ns = duration();
     else if (arg == "--threads") opt.threads = parse_count(value, "threads");
     else usage();
   }
@@ -938,11 +1009,118 @@ void print_json(const Options& opt, const Stats& s, std::size_t connections) {
   std::printf(
       "{\"mode\":\"%s\",\"target\":\"%s\",\"framing\":\"%s\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
       "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
-      "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 "}\n",
+      "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"connects\":%" PRIu64
+      ",\"reconnects\":%" PRIu64 "}\n",
       opt.mode_name.c_str(), opt.target.text.c_str(), framing, connections, opt.size, secs, s.requests, rate, mbps,
       static_cast<double>(s.latency.quantile(0.50)) / 1e3, static_cast<double>(s.latency.quantile(0.99)) / 1e3,
-      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost);
+      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects);
   std::fflush(stdout);
+}
+
+// notify PATH: an sd_notify(3) receiver, like systemd's end of NOTIFY_SOCKET. Each datagram
+// becomes one line "MONOTONIC_NS SENDER_PID MESSAGE" (newlines in the message turned into
+// spaces), flushed at once, so a script can time READY=1 against a signal it sent. File
+// descriptors passed along (FDSTORE=1) are closed at once, so no listening socket stays
+// open here. Runs until SIGTERM/SIGINT; removes its path on exit.
+int notify_receiver(int argc, char** argv) {
+  if (argc != 3) usage();
+  const std::string path = argv[2];
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof sun.sun_path) fail("bad notify socket path: " + path);
+  std::memcpy(sun.sun_path, path.data(), path.size());
+  const bool abstract = path[0] == '@';
+  if (abstract) sun.sun_path[0] = '\0';
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  const int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail(std::string("notify: socket: ") + std::strerror(errno));
+  if (!abstract) unlink(path.c_str());
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&sun), len) < 0) fail("notify: bind " + path + ": " + std::strerror(errno));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+  int rcvbuf = 1 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  std::vector<char> buf(64 * 1024);
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * 256)> control{};
+  pollfd fds[2] = {{sfd, POLLIN, 0}, {fd, POLLIN, 0}};
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[0].revents) break;
+    if (!fds[1].revents) continue;
+    iovec iov{buf.data(), buf.size() - 1};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    const ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    const std::uint64_t at = now_ns();
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      fail(std::string("notify: recvmsg: ") + std::strerror(errno));
+    }
+    long pid = 0;
+    int passed = 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_CREDENTIALS) {
+        ucred cred{};
+        std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
+        pid = cred.pid;
+      } else if (c->cmsg_type == SCM_RIGHTS) {
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+          int passed_fd = -1;
+          std::memcpy(&passed_fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+          close(passed_fd);
+          ++passed;
+        }
+      }
+    }
+    std::string text(buf.data(), static_cast<std::size_t>(n));
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    if (passed) text += " (" + std::to_string(passed) + " fds)";
+    std::printf("%" PRIu64 " %ld %s\n", at, pid, text.c_str());
+    std::fflush(stdout);
+  }
+  close(fd);
+  if (!abstract) unlink(path.c_str());
+  return 0;
+}
+
+// signal PID SIG: the time, then the signal, so a script can time what the signal starts
+// (SIGHUP to READY=1) with the receiver above on the same clock.
+int send_signal(int argc, char** argv) {
+  if (argc != 4) usage();
+  std::string_view name = argv[3];
+  if (name.starts_with("SIG")) name.remove_prefix(3);
+  int sig = 0;
+  if (name == "HUP") sig = SIGHUP;
+  else if (name == "TERM") sig = SIGTERM;
+  else if (name == "INT") sig = SIGINT;
+  else if (name == "USR1") sig = SIGUSR1;
+  else if (name == "USR2") sig = SIGUSR2;
+  else if (name == "KILL") sig = SIGKILL;
+  else sig = static_cast<int>(parse_count(name, "signal"));
+  const auto pid = static_cast<pid_t>(parse_count(argv[2], "pid"));
+  if (pid <= 0) fail("bad pid");
+  const std::uint64_t at = now_ns();
+  if (kill(pid, sig) < 0) {
+    std::fprintf(stderr, "echorelay-bench: kill %d: %s\n", static_cast<int>(pid), std::strerror(errno));
+    return 1;
+  }
+  std::printf("%" PRIu64 "\n", at);
+  return 0;
 }
 
 // Idle mode: hold the connections until SIGTERM/SIGINT or EOF on stdin, so the caller can
@@ -986,11 +1164,18 @@ int run_idle(Options& opt) {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string_view(argv[1]) == "freeport") return freeport(argc, argv);
+  if (argc >= 2 && std::string_view(argv[1]) == "notify") return notify_receiver(argc, argv);
+  if (argc >= 2 && std::string_view(argv[1]) == "signal") return send_signal(argc, argv);
   Options opt = parse_options(argc, argv);
   signal(SIGPIPE, SIG_IGN);
   raise_fd_limit();
   (void)pattern();
   if (opt.mode == Mode::Idle) return run_idle(opt);
+  struct sigaction stop {};
+  stop.sa_handler = on_stop_signal;
+  sigemptyset(&stop.sa_mask);
+  sigaction(SIGINT, &stop, nullptr);
+  sigaction(SIGTERM, &stop, nullptr);
 
   const BulkStream stream = opt.mode == Mode::Bulk ? make_bulk_stream(opt.framing, opt.line_size) : BulkStream{};
   Clock clock;
@@ -1009,8 +1194,8 @@ int main(int argc, char** argv) {
 
   if (opt.progress) {
     while (clock.start.load(std::memory_order_acquire) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    const std::uint64_t end = clock.measure_end();
-    while (now_ns() + 1'000'000'000 < end) {
+    while (now_ns() + 1'000'000'000 < clock.measure_end()) {
+      const std::uint64_t end = clock.measure_end();
       std::this_thread::sleep_for(std::chrono::seconds(1));
       std::uint64_t done = 0;
       for (auto& w : workers) done += w->stats().progress.load(std::memory_order_relaxed);
@@ -1020,6 +1205,10 @@ int main(int argc, char** argv) {
     }
   }
   for (auto& t : threads) t.join();
+  // Stopped early by a signal: the window measured is what the rates are over.
+  const std::uint64_t from = clock.measure_start();
+  const std::uint64_t to = clock.measure_end();
+  opt.duration_ns = to > from ? to - from : 0;
   Stats total;
   for (auto& w : workers) total.merge(w->stats());
   workers.clear();
