@@ -195,6 +195,9 @@ void App::Impl::start_serving() {
               } else {
                 echo::start_session(std::move(socket), spec, counters, std::move(slot), target->sessions);
               }
+              // Accepted before the drain began but started after it walked this
+              // worker: it drains now (answers what is waiting, then closes).
+              if (target->draining) target->sessions.back().drain();
             });
           });
       acceptor->start();
@@ -314,7 +317,10 @@ void App::Impl::begin_drain() {
   for (auto& u : udp_servers) u->stop_reading();
   for (auto& u : udp_relays) u->stop_reading();
   for (auto& w : pool.all()) {
-    asio::post(w->ctx, [worker = w.get()] { lifecycle::for_each_session(worker->sessions, [](auto& s) { s.drain(); }); });
+    asio::post(w->ctx, [worker = w.get()] {
+      worker->draining = true;
+      lifecycle::for_each_session(worker->sessions, [](auto& s) { s.drain(); });
+    });
   }
   check_drain();
 }

@@ -110,6 +110,7 @@ struct Listener {
   std::optional<net::Endpoint> source_address;
   Duration fallback_delay = std::chrono::milliseconds(300);
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;
+  bool splice = true;  // bulk TCP<->TCP relay through splice(2); false = copy via user space
   Duration session_timeout = std::chrono::seconds(30);
   std::uint64_t max_sessions = 0;  // 0 = unlimited
 

@@ -553,6 +553,8 @@ const ListenerKey kListenerKeys[] = {
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.proxy_protocol, p.enum_of(v, k, kProxyProtocols));
      }},
+    {"splice", kTcp | kUnix, Scope::Relay,
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.splice, p.bool_of(v, k)); }},
     {"session_timeout", kUdp | kMcast, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.session_timeout, p.duration_of(v, k, true));

@@ -72,7 +72,9 @@ asio::awaitable<void> StreamAcceptor::Impl::loop() {
   while (!paused && acceptor.is_open()) {
     asio::io_context& target = pick();
     auto [ec, socket] = co_await acceptor.async_accept(target, asio::as_tuple(asio::use_awaitable));
-    if (paused || ec == asio::error::operation_aborted) break;
+    // A connection accepted just before pause() is served, not dropped: dropping it
+    // with its request unread would reset it. The drain reaches it on its worker.
+    if (ec == asio::error::operation_aborted || (ec && paused)) break;
     if (ec) {
       if (ec == asio::error::connection_aborted) continue;  // the peer gave up while queued
       // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected: retrying at once would

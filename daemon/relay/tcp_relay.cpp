@@ -384,7 +384,7 @@ asio::awaitable<void> RelaySession::run() {
       co_return;
     }
   }
-  splice_ = is_tcp(client_.native_handle()) && is_tcp(upstream_.native_handle());
+  splice_ = spec.splice && is_tcp(client_.native_handle()) && is_tcp(upstream_.native_handle());
   touch();
   watch_idle();
   Direction up{&client_, &upstream_, &counters_.bytes_received, &counters_.upstream_bytes_sent, &client_to_upstream_};

@@ -811,6 +811,8 @@ TEST(Config, ShippedExampleDeclaresTheDocumentedListeners) {
                          "echo-abstract unix @echorelay-echo line",
                          "echo-udp udp [::]:7007 line",
                          "echo-mcast multicast 239.255.77.77:7009 line",
+                "relay-tcp tcp 127.0.0.1:7100 line",
+                "relay-udp udp 127.0.0.1:7101 line",
                      }));
   EXPECT_EQ(c.listeners.at(5).interface, "lo");
 }
