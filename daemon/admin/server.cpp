@@ -9,6 +9,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -31,7 +32,13 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     for (;;) {
       auto [ec, socket] = co_await acceptor.async_accept(kUseAwaitable);
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-      if (ec) continue;
+      if (ec) {
+        // Out of fds (or another resource): retrying at once would spin the control
+        // loop; the listeners' own accept loops log and count the condition.
+        asio::steady_timer pause(ctx, std::chrono::milliseconds(100));
+        co_await pause.async_wait(kUseAwaitable);
+        continue;
+      }
       asio::co_spawn(ctx, serve(beast::tcp_stream(std::move(socket))), asio::detached);
     }
   }

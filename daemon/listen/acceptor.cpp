@@ -79,6 +79,7 @@ asio::awaitable<void> StreamAcceptor::Impl::loop() {
       if (ec == asio::error::connection_aborted) continue;  // the peer gave up while queued
       // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected: retrying at once would
       // spin on a condition that takes time to clear.
+      counters.add(counters.accept_errors);
       backoff = backoff.count() == 0 ? std::chrono::milliseconds(5) : std::min(backoff * 2, std::chrono::milliseconds(1000));
       const auto now = Clock::now();
       if (now - last_warning >= std::chrono::seconds(5)) {

@@ -78,6 +78,9 @@ std::string Registry::render_prometheus() const {
                [](const ListenerCounters& l) { return load(l.connections_accepted); });
   per_listener("echorelay_connections_active", "gauge", "Connections open now.",
                [](const ListenerCounters& l) { return l.connections_active.load(std::memory_order_relaxed); });
+  per_listener("echorelay_accept_errors_total", "counter",
+               "accept() failures (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) the listener backed off from.",
+               [](const ListenerCounters& l) { return load(l.accept_errors); });
   per_listener("echorelay_requests_total", "counter", "Echo frames answered.",
                [](const ListenerCounters& l) { return load(l.requests); });
   per_listener("echorelay_bytes_received_total", "counter", "Bytes read from clients.",

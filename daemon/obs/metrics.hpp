@@ -50,6 +50,7 @@ struct ListenerCounters {
   Counter bytes_sent{0};
   Counter datagrams_received{0};
   Counter datagrams_sent{0};
+  Counter accept_errors{0};  // accept() failures that made the listener back off
   std::array<Counter, static_cast<unsigned>(Drop::Count)> dropped{};
   std::array<Counter, static_cast<unsigned>(Refuse::Count)> refused{};
   // relay

@@ -1,6 +1,12 @@
 // Connection limits: a listener's max_connections and the daemon-wide [daemon]
 // max_connections close connections beyond the limit at once and count them
 // (refused_total{reason="max_connections"}); a freed slot is reused.
+#include <poll.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <sstream>
+
 #include "harness.hpp"
 
 namespace echorelay::test {
@@ -91,6 +97,93 @@ handler = "echo"
   Fd b3 = connect_to(daemon.address("b"));
   ASSERT_TRUE(b3);
   EXPECT_TRUE(echo_line(b3.get(), "b3\n"));
+}
+
+}  // namespace
+}  // namespace echorelay::test
+
+namespace echorelay::test {
+namespace {
+
+std::size_t open_fds(pid_t pid) {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    ++n;
+  }
+  return n;
+}
+
+// utime + stime of `pid`, in clock ticks.
+long cpu_ticks(pid_t pid) {
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  std::istringstream in(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+TEST(Limits, AcceptBacksOffWithoutSpinningWhenOutOfFdsAndServesTheBacklogAfterwards) {
+  Daemon daemon(R"(
+[daemon]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "echo"
+protocol = "tcp"
+address = "127.0.0.2:0"
+)");
+  ASSERT_TRUE(daemon.start());
+  const std::string addr = daemon.address("echo");
+  // Leave room for exactly two more connections.
+  const std::size_t limit = open_fds(daemon.pid()) + 2;
+  const auto lowered = run_process({"/usr/bin/prlimit", "--pid", std::to_string(daemon.pid()),
+                                    "--nofile=" + std::to_string(limit) + ":" + std::to_string(limit)});
+  ASSERT_EQ(lowered.exit_code, 0) << lowered.output;
+
+  // Open connections until one is no longer answered: its handshake completed into
+  // the backlog, but accept() fails with EMFILE.
+  std::vector<Fd> served;
+  Fd waiting;
+  for (int i = 0; i < 16 && !waiting; ++i) {
+    Fd c = connect_to(addr);
+    ASSERT_TRUE(c);
+    ASSERT_TRUE(send_all(c.get(), "waiting\n"));
+    pollfd p{c.get(), POLLIN, 0};
+    if (::poll(&p, 1, 1500) == 1) {
+      ASSERT_EQ(recv_exact(c.get(), 8), "waiting\n");
+      served.push_back(std::move(c));
+    } else {
+      waiting = std::move(c);
+    }
+  }
+  ASSERT_TRUE(waiting) << "the daemon never ran out of fds";
+
+  ASSERT_TRUE(wait_until([&] { return daemon.log().find("Too many open files") != std::string::npos; }))
+      << daemon.log();
+  // Backing off (5 ms doubling to 1 s) costs next to nothing; a spinning accept loop
+  // would burn a whole core over this window.
+  const long before = cpu_ticks(daemon.pid());
+  const auto window = std::chrono::milliseconds(1500);
+  const auto start = std::chrono::steady_clock::now();
+  wait_until([&] { return std::chrono::steady_clock::now() - start >= window; }, window * 2);
+  const long used = cpu_ticks(daemon.pid()) - before;
+  EXPECT_LT(used, sysconf(_SC_CLK_TCK) / 4) << "ticks used while out of fds: " << used;
+  EXPECT_TRUE(is_open_and_quiet(waiting.get()));
+
+  // Free the fds: the queued connection is accepted at the next retry and answered.
+  served.clear();
+  EXPECT_EQ(recv_exact(waiting.get(), 8, Millis(5000)), "waiting\n");
+  const auto errors = fetch_metric(daemon.admin(), "echorelay_accept_errors_total", {{"listener", "echo"}});
+  ASSERT_TRUE(errors);
+  EXPECT_GE(*errors, 1);
 }
 
 }  // namespace
