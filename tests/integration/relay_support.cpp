@@ -283,6 +283,9 @@ void StreamUpstream::loop() {
     }
     if (::poll(fds.data(), fds.size(), 1000) < 0 && errno != EINTR) return;
     if (fds[0].revents) return;
+    // Connections accepted below join `live` after this poll: only the first `polled`
+    // entries have a pollfd.
+    const std::size_t polled = live.size();
     if (fds[1].revents & POLLIN) {
       for (;;) {
         sockaddr_storage peer{};
@@ -310,7 +313,7 @@ void StreamUpstream::loop() {
         live.push_back(std::move(l));
       }
     }
-    for (std::size_t i = 0; i < live.size(); ++i) {
+    for (std::size_t i = 0; i < polled; ++i) {
       Live& l = live[i];
       short rev = fds[i + 2].revents;
       if (!l.fd) continue;
