@@ -4,6 +4,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
@@ -256,6 +257,12 @@ Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listen
 void name_thread(const char* prefix, std::size_t index) {
   const std::string name = prefix + std::to_string(index);
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+}
+
+void wake_readers(std::atomic<bool>& stop, int wake_fd) {
+  stop.store(true, std::memory_order_release);
+  const std::uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
 }
 
 }  // namespace echorelay::udp

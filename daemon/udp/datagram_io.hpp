@@ -14,8 +14,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "obs/metrics.hpp"
 
@@ -122,5 +125,27 @@ Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listen
 
 // pthread name "<prefix><index>", cut to the kernel's 15 bytes.
 void name_thread(const char* prefix, std::size_t index);
+
+// Sets `stop` and writes the eventfd `wake_fd`, which stays readable (level-triggered:
+// every reader polling it wakes, and it is never read).
+void wake_readers(std::atomic<bool>& stop, int wake_fd);
+
+// A server's stop_reading(): wakes its reader threads (each has a std::thread `thread`)
+// and joins them under `lifecycle`. True when this call joined any, so the caller logs
+// once however often it is called.
+template <typename Reader>
+bool stop_reader_threads(std::atomic<bool>& stop, int wake_fd, std::mutex& lifecycle,
+                         std::vector<std::unique_ptr<Reader>>& readers) {
+  wake_readers(stop, wake_fd);
+  std::lock_guard guard(lifecycle);
+  bool joined = false;
+  for (auto& r : readers) {
+    if (r->thread.joinable()) {
+      r->thread.join();
+      joined = true;
+    }
+  }
+  return joined;
+}
 
 }  // namespace echorelay::udp

@@ -128,19 +128,9 @@ struct EchoServer::Impl {
   }
 
   void stop_reading() {
-    stop_reading_.store(true, std::memory_order_release);
-    const std::uint64_t one = 1;
-    // Level-triggered: every reader polling the eventfd wakes, and it is never read.
-    [[maybe_unused]] auto n = ::write(wake_.get(), &one, sizeof one);
-    std::lock_guard guard(lifecycle_);
-    bool joined = false;
-    for (auto& r : readers_) {
-      if (r->thread.joinable()) {
-        r->thread.join();
-        joined = true;
-      }
+    if (stop_reader_threads(stop_reading_, wake_.get(), lifecycle_, readers_)) {
+      spdlog::info("udp {}: stopped reading; sockets left open", name_);
     }
-    if (joined) spdlog::info("udp {}: stopped reading; sockets left open", name_);
   }
 
   void stop() {

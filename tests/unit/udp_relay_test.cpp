@@ -26,6 +26,7 @@
 #include "relay/resolver.hpp"
 #include "udp/multicast.hpp"
 #include "udp/udp_relay.hpp"
+#include "udp_support.hpp"
 
 namespace echorelay::udp {
 namespace {
@@ -33,91 +34,10 @@ namespace {
 using namespace std::chrono_literals;
 using net::Fd;
 using obs::Drop;
+using namespace test_support;
 
-constexpr auto kIoTimeout = 5s;
 // How long "nothing arrives" is watched for.
 constexpr auto kQuiet = 300ms;
-
-struct Address {
-  sockaddr_storage storage{};
-  socklen_t len = 0;
-  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
-  std::uint16_t port() const {
-    return ntohs(storage.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in&>(storage).sin_port
-                                              : reinterpret_cast<const sockaddr_in6&>(storage).sin6_port);
-  }
-  std::string ip() const {
-    char text[INET6_ADDRSTRLEN] = {};
-    if (storage.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(storage).sin_addr, text, sizeof text);
-    } else {
-      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(storage).sin6_addr, text, sizeof text);
-    }
-    return text;
-  }
-};
-
-Address make_address(const std::string& ip, std::uint16_t port) {
-  Address a;
-  if (ip.find(':') == std::string::npos) {
-    auto& in = reinterpret_cast<sockaddr_in&>(a.storage);
-    in.sin_family = AF_INET;
-    in.sin_port = htons(port);
-    EXPECT_EQ(inet_pton(AF_INET, ip.c_str(), &in.sin_addr), 1) << ip;
-    a.len = sizeof in;
-  } else {
-    auto& in6 = reinterpret_cast<sockaddr_in6&>(a.storage);
-    in6.sin6_family = AF_INET6;
-    in6.sin6_port = htons(port);
-    EXPECT_EQ(inet_pton(AF_INET6, ip.c_str(), &in6.sin6_addr), 1) << ip;
-    a.len = sizeof in6;
-  }
-  return a;
-}
-
-Address local_address(int fd) {
-  Address a;
-  a.len = sizeof a.storage;
-  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a.storage), &a.len), 0);
-  return a;
-}
-
-Fd bound_socket(const std::string& ip, std::uint16_t port = 0) {
-  const Address a = make_address(ip, port);
-  Fd fd(socket(a.storage.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  EXPECT_TRUE(fd.valid()) << std::strerror(errno);
-  EXPECT_EQ(bind(fd.get(), a.get(), a.len), 0) << ip << ": " << std::strerror(errno);
-  return fd;
-}
-
-void send_to(int fd, const std::string& payload, const Address& to) {
-  ASSERT_EQ(sendto(fd, payload.data(), payload.size(), 0, to.get(), to.len), static_cast<ssize_t>(payload.size()))
-      << std::strerror(errno);
-}
-
-// One datagram within `timeout`, or nothing.
-std::optional<std::string> receive(int fd, std::chrono::milliseconds timeout = kIoTimeout, Address* from = nullptr) {
-  pollfd p{fd, POLLIN, 0};
-  if (poll(&p, 1, static_cast<int>(timeout.count())) != 1) return std::nullopt;
-  std::string buffer(70000, '\0');
-  Address sender;
-  sender.len = sizeof sender.storage;
-  const ssize_t n = recvfrom(fd, buffer.data(), buffer.size(), MSG_DONTWAIT,
-                             reinterpret_cast<sockaddr*>(&sender.storage), &sender.len);
-  if (n < 0) return std::nullopt;
-  buffer.resize(static_cast<std::size_t>(n));
-  if (from != nullptr) *from = sender;
-  return buffer;
-}
-
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kIoTimeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    poll(nullptr, 0, 1);
-  }
-  return true;
-}
 
 net::Endpoint endpoint_of(const Address& a) { return net::from_sockaddr(a.get(), a.len); }
 
@@ -133,7 +53,6 @@ config::Listener relay_listener(std::vector<net::Endpoint> upstreams, unsigned w
   return l;
 }
 
-std::uint64_t dropped(const obs::ListenerCounters& c, Drop d) { return c.dropped[static_cast<unsigned>(d)].load(); }
 std::uint64_t upstream_errors(const obs::ListenerCounters& c, obs::UpstreamError e) {
   return c.upstream_errors[static_cast<unsigned>(e)].load();
 }
@@ -505,19 +424,6 @@ TEST(UdpRelay, StopReadingLeavesTheSocketOpenWhileSessionsStillRelayReplies) {
   EXPECT_EQ(rig.counters.udp_sessions_active.load(), 0);
   send_to(rig.upstreams[0].get(), "too late", session);
   EXPECT_FALSE(receive(client.get(), kQuiet));
-}
-
-// SAFETY: the sender is pinned to the loopback interface with TTL 0.
-Fd loopback_multicast_sender() {
-  Fd fd = bound_socket("127.0.0.1");
-  in_addr lo{};
-  lo.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(setsockopt(fd.get(), IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo), 0);
-  const int ttl = 0;
-  EXPECT_EQ(setsockopt(fd.get(), IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl), 0);
-  const int loop = 1;
-  EXPECT_EQ(setsockopt(fd.get(), IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop), 0);
-  return fd;
 }
 
 TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
