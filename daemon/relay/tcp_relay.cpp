@@ -124,7 +124,10 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   };
 
   asio::awaitable<bool> connect_upstream();
-  asio::awaitable<bool> send_all(Socket& to, std::span<const char> data, obs::Counter& counter);
+  // `unsent` is the direction's own buffer for what the kernel did not take at once;
+  // reused, so a slow reader costs no allocation per write.
+  asio::awaitable<bool> send_all(Socket& to, std::span<const char> data, obs::Counter& counter,
+                                 std::vector<char>& unsent);
   asio::awaitable<void> pump(Direction d);
   void abort(const char* why) {
     if (aborted_) return;
@@ -221,8 +224,9 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
   co_return false;
 }
 
-asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> data, obs::Counter& counter) {
-  std::vector<char> unsent;
+asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> data, obs::Counter& counter,
+                                             std::vector<char>& unsent) {
+  unsent.clear();
   while (!data.empty()) {
     const ssize_t n = ::send(to.native_handle(), data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
@@ -255,6 +259,7 @@ asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> d
 // a few small chunks in a row switch it back (HAProxy's splice-auto idea).
 asio::awaitable<void> RelaySession::pump(Direction d) {
   PipePool::Pipe pipe;
+  std::vector<char> unsent;
   std::size_t in_pipe = 0;
   bool spliced = false;
   unsigned small_chunks = 0;
@@ -278,7 +283,8 @@ asio::awaitable<void> RelaySession::pump(Direction d) {
       touch();
       counters_.add(*d.read_counter, static_cast<std::uint64_t>(n));
       *d.bytes += static_cast<std::uint64_t>(n);
-      if (!co_await send_all(*d.to, std::span<const char>(buf.data(), static_cast<std::size_t>(n)), *d.write_counter)) {
+      if (!co_await send_all(*d.to, std::span<const char>(buf.data(), static_cast<std::size_t>(n)), *d.write_counter,
+                             unsent)) {
         break;
       }
       if (splice_ && static_cast<std::size_t>(n) >= kBulkRead) {
@@ -379,7 +385,8 @@ asio::awaitable<void> RelaySession::run() {
     const std::string header = spec.proxy_protocol == config::ProxyProtocol::V1
                                    ? proxy_v1_header(peer.get(), peer.len, local.get(), local.len)
                                    : proxy_v2_header(peer.get(), peer.len, local.get(), local.len, false);
-    if (!co_await send_all(upstream_, header, counters_.upstream_bytes_sent)) {
+    std::vector<char> unsent;
+    if (!co_await send_all(upstream_, header, counters_.upstream_bytes_sent, unsent)) {
       finish();
       co_return;
     }
