@@ -183,6 +183,7 @@ asio::awaitable<DialResult> dial(const Addresses& addresses, const DialOptions& 
     auto& a = race->attempts[i];
     if (!a.socket) continue;
     if (static_cast<int>(i) == race->winner) {
+      result.family = order[i].family();
       result.fd = net::Fd(a.socket->release());
     } else {
       boost::system::error_code ignored;

@@ -30,7 +30,8 @@ struct DialError {
 };
 
 struct DialResult {
-  net::Fd fd;  // connected, non-blocking; invalid on failure
+  net::Fd fd;      // connected, non-blocking; invalid on failure
+  int family = 0;  // AF_INET, AF_INET6 or AF_UNIX of `fd`
   DialError error;
 };
 

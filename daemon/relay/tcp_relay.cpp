@@ -90,10 +90,6 @@ PipePool& pipes() {
   return pool;
 }
 
-bool is_tcp(int fd) {
-  auto id = net::identify_socket(fd);
-  return id && (id->domain == AF_INET || id->domain == AF_INET6);
-}
 
 class RelaySession final : public lifecycle::Session, public std::enable_shared_from_this<RelaySession> {
  public:
@@ -166,6 +162,7 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   std::string error_detail_;
   bool aborted_ = false;
   bool splice_ = false;
+  bool upstream_is_tcp_ = false;
 };
 
 asio::awaitable<bool> RelaySession::connect_upstream() {
@@ -214,8 +211,8 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
     listener_.pool.connected(*upstream);
     chosen_ = upstream;
     upstream_name_ = endpoint.to_string();
-    auto id = net::identify_socket(dialed.fd.get());
-    const int family = id ? id->domain : AF_INET;
+    const int family = dialed.family;
+    upstream_is_tcp_ = family != AF_UNIX;
     boost::system::error_code ec;
     upstream_.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), dialed.fd.release(), ec);
     co_return !ec;
@@ -391,7 +388,7 @@ asio::awaitable<void> RelaySession::run() {
       co_return;
     }
   }
-  splice_ = spec.splice && is_tcp(client_.native_handle()) && is_tcp(upstream_.native_handle());
+  splice_ = spec.splice && spec.protocol == config::Protocol::Tcp && upstream_is_tcp_;
   touch();
   watch_idle();
   Direction up{&client_, &upstream_, &counters_.bytes_received, &counters_.upstream_bytes_sent, &client_to_upstream_};
