@@ -27,6 +27,7 @@
 #include "listen/acceptor.hpp"
 #include "listen/open.hpp"
 #include "obs/metrics.hpp"
+#include "os/resources.hpp"
 #include "os/systemd.hpp"
 #include "relay/resolver.hpp"
 #include "relay/tcp_relay.hpp"
@@ -388,6 +389,7 @@ void App::Impl::cleanup_files() {
 
 int App::Impl::run() {
   ::signal(SIGPIPE, SIG_IGN);
+  const auto fd_limit = os::raise_fd_limit();
   // echorelay_restarts_total counts over the whole chain of successors.
   if (const char* restarts = std::getenv(lifecycle::kRestartsEnv)) {
     metrics.restarts.store(std::strtoull(restarts, nullptr, 10));
@@ -450,7 +452,8 @@ int App::Impl::run() {
     pet_watchdog();
   }
   become_main();
-  spdlog::info("echorelayd {} ready: {} listeners, {} workers", kVersion, listeners.size(), pool.all().size());
+  spdlog::info("echorelayd {} ready: {} listeners, {} workers, open files limit {}", kVersion, listeners.size(),
+               pool.all().size(), fd_limit);
 
   control.run();
 

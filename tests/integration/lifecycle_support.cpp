@@ -184,9 +184,20 @@ std::string NotifySocket::dump() const {
 
 // ---- processes ----
 
+// /proc/PID/stat, or "" when the process is gone. Plain read(2): a process that exits
+// between open and read makes the read fail with ESRCH, which an istreambuf_iterator
+// would turn into an exception.
+std::string proc_stat(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "";
+  char buf[1024];
+  const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
 char process_state(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = proc_stat(pid);
   // "pid (comm) S ppid ...": comm may hold spaces and parentheses, so find the last ')'.
   auto close = text.rfind(')');
   if (close == std::string::npos || close + 2 >= text.size()) return 0;
@@ -194,8 +205,7 @@ char process_state(pid_t pid) {
 }
 
 pid_t parent_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = proc_stat(pid);
   auto close = text.rfind(')');
   if (close == std::string::npos) return 0;
   std::istringstream rest(text.substr(close + 2));

@@ -3,6 +3,8 @@
 // for dnsmasq, and a minimal DNS client (one question, A/AAAA answers only).
 #include "relay_support.hpp"
 
+#include "os/resources.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -637,6 +639,9 @@ std::string peer_of(int fd) {
 }
 
 std::size_t concurrent_line_echo(const std::string& address, std::size_t count, Millis timeout, std::string* error) {
+  // This process holds both the clients and, for scripted upstreams, the accepted
+  // side: 2 × count fds, more than a default soft limit allows.
+  os::raise_fd_limit();
   struct Client {
     Fd fd;
     std::string line;
