@@ -137,3 +137,48 @@ TEST(Unix, RemovesSocketFileOnSigterm) {
 
 }  // namespace
 }  // namespace echorelay::test
+
+namespace echorelay::test {
+namespace {
+
+// SO_PEERCRED allow lists: the only guard an abstract socket can have. The tests run
+// as root (uid 0, gid 0).
+TEST(Unix, PeerCredentialsOutsideTheAllowListsAreRefusedAndCounted) {
+  const std::string name = "@" + unique_name("echorelay-it");
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "guarded"
+protocol = "unix"
+address = ")" + name + R"("
+allow_uids = [4242]
+allow_gids = [4343]
+
+[[listener]]
+name = "open-to-root"
+protocol = "unix"
+address = ")" + name + R"(-root"
+allow_uids = [0]
+)");
+  ASSERT_TRUE(daemon.start());
+
+  Fd refused = connect_to(name);
+  ASSERT_TRUE(refused);
+  (void)send_all(refused.get(), "let me in\n");
+  std::string received;
+  EXPECT_TRUE(expect_closed(refused.get(), kIoTimeout, &received));
+  EXPECT_EQ(received, "");
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_refused_total",
+                          {{"listener", "guarded"}, {"reason", "peer_not_allowed"}}, 1));
+
+  Fd allowed = connect_to(daemon.address("open-to-root"));
+  ASSERT_TRUE(allowed);
+  EXPECT_TRUE(echo_line(allowed.get(), "uid 0 is on the list\n"));
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_refused_total",
+                          {{"listener", "open-to-root"}, {"reason", "peer_not_allowed"}}, 0));
+}
+
+}  // namespace
+}  // namespace echorelay::test
