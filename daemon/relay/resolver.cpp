@@ -186,6 +186,10 @@ Resolver::Impl::Impl(const config::Resolver& config) : config_(config) {
     std::abort();  // the process is out of fds before it started serving
   }
   if (using_ares()) init_ares();
+  // spdlog's registry is a static built on first use inside libspdlog, which TSan does
+  // not instrument: build it here, before the thread exists, so no two threads race
+  // to it (the thread start orders it for TSan).
+  spdlog::default_logger_raw();
   thread_ = std::thread([this] { run(); });
 }
 

@@ -103,6 +103,7 @@ struct EchoServer::Impl {
   }
 
   void start() {
+    spdlog::default_logger_raw();  // see Resolver::Impl: the registry exists before our threads
     std::lock_guard guard(lifecycle_);
     if (started_) return;
     started_ = true;

@@ -428,6 +428,7 @@ struct RelayServer::Impl {
   ~Impl() { stop(); }
 
   void start() {
+    spdlog::default_logger_raw();  // see Resolver::Impl: the registry exists before our threads
     std::lock_guard guard(lifecycle_);
     if (started_) return;
     started_ = true;
