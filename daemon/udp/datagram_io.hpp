@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -129,6 +130,12 @@ void name_thread(const char* prefix, std::size_t index);
 // Sets `stop` and writes the eventfd `wake_fd`, which stays readable (level-triggered:
 // every reader polling it wakes, and it is never read).
 void wake_readers(std::atomic<bool>& stop, int wake_fd);
+
+// A reader thread's loop: waits for `fd` to become readable and calls `drain`, until
+// `stop` is set or `wake_fd` (see wake_readers) fires. A failed poll is warned through
+// `warnings` and backed off (ENOMEM must not spin); a bad fd of our own is fatal.
+void read_until_stopped(const std::string& listener, int fd, int wake_fd, const std::atomic<bool>& stop,
+                        WarnGate& warnings, const std::function<void()>& drain);
 
 // A server's stop_reading(): wakes its reader threads (each has a std::thread `thread`)
 // and joins them under `lifecycle`. True when this call joined any, so the caller logs

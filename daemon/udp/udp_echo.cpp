@@ -180,21 +180,7 @@ struct EchoServer::Impl {
   }
 
   void read_loop(Reader& r) {
-    pollfd fds[2] = {{r.fd, POLLIN, 0}, {wake_.get(), POLLIN, 0}};
-    while (!stop_reading_.load(std::memory_order_acquire)) {
-      const int n = ::poll(fds, 2, -1);
-      if (n < 0) {
-        const int err = errno;
-        if (err == EINTR) continue;
-        if (is_impossible(err)) fatal(name_, "poll", err);
-        warn("poll", err);
-        ::poll(nullptr, 0, kSendWaitMs);  // ENOMEM: back off instead of spinning
-        continue;
-      }
-      if (fds[1].revents != 0) break;
-      if ((fds[0].revents & POLLNVAL) != 0) fatal(name_, "poll", EBADF);
-      drain(r);
-    }
+    read_until_stopped(name_, r.fd, wake_.get(), stop_reading_, warn_gate_, [this, &r] { drain(r); });
   }
 
   void drain(Reader& r) {
