@@ -16,9 +16,9 @@
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/streambuf.hpp>
+#include <functional>
 #include <istream>
 #include <spdlog/spdlog.h>
-#include <thread>
 
 #include "lifecycle/readiness.hpp"
 #include "net/socket_options.hpp"
@@ -56,8 +56,10 @@ struct Restarter::Impl : std::enable_shared_from_this<Impl> {
   void start();
   void succeed(pid_t pid);
   void fail(const std::string& reason);
-  // Reaps the child; if it is still alive after a short grace period, kills it first.
-  std::string reap(bool kill_now);
+  // Kills and reaps the child at once.
+  std::string reap_now();
+  // Reaps the child without blocking the loop, then calls `done` with its status.
+  void reap_then(int tries_left, std::function<void(const std::string&)> done);
 
   asio::io_context& control;
   std::string exe_path;
@@ -68,28 +70,42 @@ struct Restarter::Impl : std::enable_shared_from_this<Impl> {
   std::unique_ptr<asio::posix::stream_descriptor> pipe;
   asio::streambuf line;
   State state = State::Idle;
+  bool reaping = false;  // a failed successor is being reaped; the attempt is not over yet
   pid_t child = -1;
   std::chrono::steady_clock::time_point started;
 };
 
-std::string Restarter::Impl::reap(bool kill_now) {
+std::string Restarter::Impl::reap_now() {
   if (child <= 0) return "not started";
   int status = 0;
-  if (!kill_now) {
-    // EOF on the pipe usually means the process is exiting; give it a moment so the
-    // status we report is its own, not our SIGKILL.
-    for (int i = 0; i < 50; ++i) {
-      if (::waitpid(child, &status, WNOHANG) == child) {
-        child = -1;
-        return describe_status(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
+  // SIGKILL cannot be ignored, so this wait is brief.
   ::kill(child, SIGKILL);
   ::waitpid(child, &status, 0);
   child = -1;
   return describe_status(status);
+}
+
+// EOF on the pipe usually means the successor is exiting: poll for it on the control
+// loop's timer (never sleeping there) so the status we report is its own, and kill it
+// only if it is still alive after ~0.5 s.
+void Restarter::Impl::reap_then(int tries_left, std::function<void(const std::string&)> done) {
+  reaping = true;
+  int status = 0;
+  if (child > 0 && ::waitpid(child, &status, WNOHANG) == child) {
+    child = -1;
+    reaping = false;
+    done(describe_status(status));
+    return;
+  }
+  if (tries_left <= 0) {
+    reaping = false;
+    done(reap_now());
+    return;
+  }
+  timer.expires_after(std::chrono::milliseconds(10));
+  timer.async_wait([self = shared_from_this(), tries_left, done = std::move(done)](const boost::system::error_code&) {
+    self->reap_then(tries_left - 1, done);
+  });
 }
 
 void Restarter::Impl::start() {
@@ -122,8 +138,8 @@ void Restarter::Impl::start() {
 
   timer.expires_after(timeout);
   timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-    if (ec || self->state != State::Waiting) return;
-    const auto status = self->reap(true);
+    if (ec || self->state != State::Waiting || self->reaping) return;
+    const auto status = self->reap_now();
     self->fail("successor not ready within " + std::to_string(self->timeout.count()) + "ms (" + status + ")");
   });
   asio::async_read_until(*pipe, line, '\n', [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
@@ -136,11 +152,11 @@ void Restarter::Impl::start() {
     if (message.rfind("READY", 0) == 0) {
       self->succeed(self->child);
     } else if (message.rfind("FAILED ", 0) == 0) {
-      const auto status = self->reap(false);
-      self->fail(message.substr(7) + " (" + status + ")");
+      self->reap_then(50, [self, reason = message.substr(7)](const std::string& status) {
+        self->fail(reason + " (" + status + ")");
+      });
     } else {
-      const auto status = self->reap(false);
-      self->fail("successor " + status + " before it was ready");
+      self->reap_then(50, [self](const std::string& status) { self->fail("successor " + status + " before it was ready"); });
     }
   });
 }
@@ -168,7 +184,7 @@ Restarter::Restarter(asio::io_context& control, std::string exe_path, std::vecto
 
 Restarter::~Restarter() {
   // A successor still starting when we stop would be left half-ready with our sockets.
-  if (impl_->state == Impl::State::Waiting) impl_->reap(true);
+  if (impl_->state == Impl::State::Waiting) impl_->reap_now();
 }
 
 void Restarter::request() {
