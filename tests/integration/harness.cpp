@@ -133,6 +133,8 @@ Spawned spawn(const std::vector<std::string>& argv, const std::vector<std::strin
   return result;
 }
 
+}  // namespace
+
 std::vector<std::string> split_lines(std::string_view text) {
   std::vector<std::string> lines;
   std::size_t start = 0;
@@ -149,8 +151,6 @@ std::string tail(const std::string& text, std::size_t n) {
   if (text.size() <= n) return text;
   return "...\n" + text.substr(text.size() - n);
 }
-
-}  // namespace
 
 // ---- Fd, TempDir ----
 

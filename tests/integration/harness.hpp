@@ -77,6 +77,10 @@ std::string unique_name(std::string_view prefix);
 bool wait_until(const std::function<bool()>& condition, Millis timeout = kIoTimeout);
 
 std::string read_file(const std::string& path);
+// The lines of `text` without their '\n'.
+std::vector<std::string> split_lines(std::string_view text);
+// The last `n` characters of `text`, marked "..." when cut (for failure messages).
+std::string tail(const std::string& text, std::size_t n);
 void write_file(const std::string& path, std::string_view content);
 
 // Result of a finished child: exit code, or 128 + signal number when killed.

@@ -38,21 +38,6 @@ int remaining(Clock::time_point deadline) {
   return left < 0 ? 0 : static_cast<int>(left);
 }
 
-std::vector<std::string_view> lines_of(std::string_view text) {
-  std::vector<std::string_view> lines;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    auto end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    lines.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return lines;
-}
-
-std::string tail(const std::string& text, std::size_t n) {
-  return text.size() <= n ? text : "...\n" + text.substr(text.size() - n);
-}
 
 int status_code(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -65,13 +50,13 @@ int status_code(int status) {
 // ---- Notice, NotifySocket ----
 
 bool Notice::has(std::string_view line) const {
-  for (auto l : lines_of(text))
+  for (auto l : split_lines(text))
     if (l == line) return true;
   return false;
 }
 
 std::optional<std::string> Notice::value(std::string_view key) const {
-  for (auto l : lines_of(text)) {
+  for (auto l : split_lines(text)) {
     if (l.size() > key.size() && l.substr(0, key.size()) == key && l[key.size()] == '=')
       return std::string(l.substr(key.size() + 1));
   }
