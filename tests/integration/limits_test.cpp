@@ -142,8 +142,7 @@ address = "127.0.0.2:0"
 )");
   ASSERT_TRUE(daemon.start());
   const std::string addr = daemon.address("echo");
-  // One admin request before the limit goes down: the sanitizer runtimes (ASan/UBSan
-  // builds) need spare fds of their own the first time they check a new type.
+  // The counter exists (at 0) before the limit goes down.
   ASSERT_TRUE(fetch_metric(daemon.admin(), "echorelay_accept_errors_total", {{"listener", "echo"}}));
   // Lower only the soft limit, leaving room for two more connections; the hard limit
   // stays, so the limit can be restored below as an operator would.
