@@ -1,5 +1,6 @@
 // The echo session for stream sockets (TCP, Unix, abstract): per-request deadlines,
-// framing, drain at a request boundary. Runs entirely on one worker's io_context.
+// framing, drain at a request boundary. Runs entirely on one worker's thread, on that
+// worker's Poller (not Asio's reactor): see net/poller.hpp for why.
 #pragma once
 
 #include <boost/asio/generic/stream_protocol.hpp>
@@ -8,15 +9,17 @@
 
 #include "config/config.hpp"
 #include "lifecycle/session.hpp"
+#include "net/poller.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::echo {
 
-
-// Call on the worker thread that owns `sessions`. Starts the session on `socket`'s executor (which must be `sessions`' worker). The
-// listener spec and counters must outlive every session (App keeps them until workers
-// have stopped).
-void start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
-                   obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions);
+// Call on the worker thread that owns `sessions` and `poller`; the session takes the
+// socket's fd over from Asio. The listener spec and counters must outlive every session
+// (App keeps them until workers have stopped). Null when the connection could not be
+// taken over (logged; it is closed and its slot released).
+lifecycle::Session* start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
+                   obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+                   net::Poller& poller);
 
 }  // namespace echorelay::echo

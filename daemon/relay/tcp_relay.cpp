@@ -10,15 +10,15 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <spdlog/spdlog.h>
 #include <span>
 #include <vector>
 
+#include "net/fd.hpp"
 #include "net/socket_options.hpp"
 #include "relay/dialer.hpp"
 #include "relay/proxy_protocol.hpp"
@@ -91,19 +91,52 @@ PipePool& pipes() {
 }
 
 
-class RelaySession final : public lifecycle::Session, public std::enable_shared_from_this<RelaySession> {
+// After the dial: both fds on the worker's Poller, one state machine for the two
+// directions. A direction never reads again before what it read was written.
+class RelayPump final : public lifecycle::Session {
  public:
-  RelaySession(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot)
-      : client_(std::move(client)),
-        upstream_(client_.get_executor()),
-        idle_timer_(client_.get_executor()),
+  struct Handover {
+    int client_fd;
+    net::Fd upstream;
+    std::vector<char> unsent_up;  // what of the PROXY header the kernel did not take
+    UpstreamPool::Upstream* chosen;
+    std::uint64_t id;
+    Clock::time_point started;
+    std::string peer;
+    std::string upstream_name;
+    std::string error_detail;
+    bool splice;
+  };
+
+  RelayPump(Handover h, RelayListener& listener, lifecycle::ConnectionSlot slot, net::Poller& poller)
+      : client_(*this, h.client_fd, false),
+        upstream_(*this, h.upstream.release(), true),
+        up_{&client_, &upstream_, &listener.counters.bytes_received, &listener.counters.upstream_bytes_sent},
+        down_{&upstream_, &client_, &listener.counters.upstream_bytes_received, &listener.counters.bytes_sent},
         listener_(listener),
         counters_(listener.counters),
         slot_(std::move(slot)),
-        id_(next_relay_id.fetch_add(1, std::memory_order_relaxed)),
-        started_(Clock::now()) {}
+        poller_(poller),
+        chosen_(h.chosen),
+        id_(h.id),
+        started_(h.started),
+        peer_(std::move(h.peer)),
+        upstream_name_(std::move(h.upstream_name)),
+        error_detail_(std::move(h.error_detail)),
+        splice_(h.splice) {
+    up_.unsent = std::move(h.unsent_up);
+  }
 
-  asio::awaitable<void> run();
+  // False (everything closed, logged) when the fds cannot be watched.
+  bool start() {
+    if (!poller_.add(client_.fd, client_) || !poller_.add(upstream_.fd, upstream_)) {
+      error_detail_ = std::string("cannot watch the connection: ") + std::strerror(errno);
+      abort("internal error");
+      return false;
+    }
+    activity(Clock::now());
+    return true;
+  }
 
   // A relayed connection is not ours to cut at a request boundary: it runs until it
   // ends or the drain deadline passes.
@@ -111,57 +144,260 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   void close_now() override { abort("drain timeout"); }
 
  private:
-  struct Direction {
-    Socket* from;
-    Socket* to;
-    obs::Counter* read_counter;
-    obs::Counter* write_counter;
-    std::uint64_t* bytes;
+  enum class Step { Go, Wait, Ended };
+
+  struct End final : net::PollHandler {
+    End(RelayPump& p, int f, bool up) : pump(p), fd(f), is_upstream(up) {}
+    void on_ready(std::uint32_t events) override { pump.on_ready(*this, events); }
+    void on_deadline() override { pump.abort("idle timeout"); }
+    void abandon() override { pump.abort("shut down"); }
+    RelayPump& pump;
+    const int fd;
+    const bool is_upstream;
+    bool hup = false;  // the peer hung up: read on to its FIN after a short read
   };
 
-  asio::awaitable<bool> connect_upstream();
-  // `unsent` is the direction's own buffer for what the kernel did not take at once;
-  // reused, so a slow reader costs no allocation per write.
-  asio::awaitable<bool> send_all(Socket& to, std::span<const char> data, obs::Counter& counter,
-                                 std::vector<char>& unsent);
-  asio::awaitable<void> pump(Direction d);
-  void abort(const char* why) {
-    if (aborted_) return;
-    aborted_ = true;
-    reason_ = why;
-    boost::system::error_code ignored;
-    client_.cancel(ignored);
-    upstream_.cancel(ignored);
-    idle_timer_.cancel();
-  }
-  void fail_io(int err, bool upstream_side) {
-    if (upstream_side) counters_.upstream_error(err == ECONNRESET || err == EPIPE ? obs::UpstreamError::Reset
-                                                                                : obs::UpstreamError::Other);
-    abort(upstream_side ? (err == ECONNRESET ? "upstream reset" : "upstream error")
-                        : (err == ECONNRESET ? "client reset" : "client error"));
-  }
-  void watch_idle();
-  void touch() { last_activity_ = Clock::now(); }
-  void finish();
+  struct Direction {
+    Direction(End* f, End* t, obs::Counter* r, obs::Counter* w) : from(f), to(t), read_counter(r), write_counter(w) {}
+    End* from;
+    End* to;
+    obs::Counter* read_counter;
+    obs::Counter* write_counter;
+    std::uint64_t bytes = 0;
+    std::vector<char> unsent;  // read but not yet taken by `to`
+    PipePool::Pipe pipe;       // held only while spliced bytes are in flight
+    std::size_t in_pipe = 0;
+    bool spliced = false;
+    unsigned small_chunks = 0;
+    bool done = false;  // FIN read and passed on
+    bool pending() const { return !unsent.empty() || in_pipe > 0; }
+  };
 
-  Socket client_;
-  Socket upstream_;
-  asio::steady_timer idle_timer_;
+  void on_ready(End& e, std::uint32_t events) {
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) e.hup = true;
+    Direction& into = &e == &client_ ? down_ : up_;
+    Direction& out = &e == &client_ ? up_ : down_;
+    if (into.pending() && (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))) {
+      const Step s = flush(into);
+      if (s == Step::Ended) return;
+      // `into` stopped reading while blocked; its source may hold bytes with no new edge.
+      if (s == Step::Go && !into.done && pump(into) == Step::Ended) return;
+    }
+    if (!out.pending() && !out.done && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) pump(out);
+  }
+
+  // Moves bytes from d.from to d.to until d.from is empty or d.to is full. It starts
+  // by copying through per-thread scratch (the cheapest path for request/response: one
+  // recv, one send) and switches to splice(2) once a read fills most of the scratch,
+  // i.e. when bulk data flows; a few small chunks in a row switch it back (HAProxy's
+  // splice-auto idea).
+  Step pump(Direction& d) {
+    for (;;) {
+      if (d.spliced) {
+        if (d.pipe.read < 0 && !pipes().acquire(d.pipe)) return abort("pipe2 failed");
+        const ssize_t n = ::splice(d.from->fd, nullptr, d.pipe.write, nullptr, kSpliceChunk,
+                                   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) {
+            pipes().release(d.pipe, true);
+            return Step::Wait;
+          }
+          return fail_io(errno, d.from->is_upstream);
+        }
+        if (n == 0) {
+          pipes().release(d.pipe, true);
+          return read_eof(d);
+        }
+        read(d, static_cast<std::size_t>(n));
+        d.in_pipe = static_cast<std::size_t>(n);
+        if (const Step s = flush(d); s != Step::Go) return s;
+        if (static_cast<std::size_t>(n) < kSmallChunk && ++d.small_chunks >= 4) d.spliced = false;
+        if (static_cast<std::size_t>(n) >= kSmallChunk) d.small_chunks = 0;
+        continue;  // a short splice says nothing (it stops at the pipe's buffer count)
+      }
+      const auto buf = scratch();
+      const ssize_t n = ::recv(d.from->fd, buf.data(), buf.size(), MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return Step::Wait;
+        return fail_io(errno, d.from->is_upstream);
+      }
+      if (n == 0) return read_eof(d);
+      read(d, static_cast<std::size_t>(n));
+      if (const Step s = send_some(d, std::span<const char>(buf.data(), static_cast<std::size_t>(n))); s != Step::Go) {
+        return s;
+      }
+      if (splice_ && static_cast<std::size_t>(n) >= kBulkRead) {
+        d.spliced = true;
+        d.small_chunks = 0;
+        continue;
+      }
+      // A short read emptied the socket: the next arrival is a new edge.
+      if (static_cast<std::size_t>(n) < buf.size() && !d.from->hup) return Step::Wait;
+    }
+  }
+
+  void read(Direction& d, std::size_t n) {
+    activity(poller_.now());
+    counters_.add(*d.read_counter, n);
+    d.bytes += n;
+  }
+
+  // Everything read before the FIN has been written (nothing is read while bytes are
+  // pending): pass the FIN on and let the other direction keep flowing (half-close).
+  Step read_eof(Direction& d) {
+    ::shutdown(d.to->fd, SHUT_WR);
+    d.done = true;
+    if (up_.done && down_.done) {
+      reason_ = "both sides closed";
+      finish();
+      return Step::Ended;
+    }
+    return Step::Wait;
+  }
+
+  // Writes what `d` holds (copied bytes or a pipe's) to d.to; Go once all is out.
+  Step flush(Direction& d) {
+    if (!d.unsent.empty()) return send_some(d, d.unsent);
+    while (d.in_pipe > 0) {
+      const ssize_t m = ::splice(d.pipe.read, nullptr, d.to->fd, nullptr, d.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (m > 0) {
+        d.in_pipe -= static_cast<std::size_t>(m);
+        counters_.add(*d.write_counter, static_cast<std::uint64_t>(m));
+        activity(poller_.now());
+        continue;
+      }
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0 && errno == EAGAIN) return Step::Wait;
+      return fail_io(m < 0 ? errno : EPIPE, d.to->is_upstream);
+    }
+    pipes().release(d.pipe, true);
+    return Step::Go;
+  }
+
+  // Sends `data` (the scratch, or d.unsent itself); what the kernel does not take is
+  // kept in d.unsent.
+  Step send_some(Direction& d, std::span<const char> data) {
+    while (!data.empty()) {
+      const ssize_t n = ::send(d.to->fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        counters_.add(*d.write_counter, static_cast<std::uint64_t>(n));
+        data = data.subspan(static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        if (data.data() >= d.unsent.data() && data.data() < d.unsent.data() + d.unsent.size()) {
+          d.unsent.erase(d.unsent.begin(), d.unsent.begin() + (data.data() - d.unsent.data()));
+        } else {
+          d.unsent.assign(data.begin(), data.end());
+        }
+        return Step::Wait;
+      }
+      return fail_io(n < 0 ? errno : EPIPE, d.to->is_upstream);
+    }
+    d.unsent.clear();
+    activity(poller_.now());
+    return Step::Go;
+  }
+
+  void activity(Clock::time_point now) {
+    const auto idle = listener_.spec.idle_timeout;
+    if (idle.count() > 0) poller_.set_deadline(client_, now + idle);
+  }
+
+  Step fail_io(int err, bool upstream_side) {
+    if (upstream_side) {
+      counters_.upstream_error(err == ECONNRESET || err == EPIPE ? obs::UpstreamError::Reset : obs::UpstreamError::Other);
+    }
+    return abort(upstream_side ? (err == ECONNRESET ? "upstream reset" : "upstream error")
+                               : (err == ECONNRESET ? "client reset" : "client error"));
+  }
+
+  Step abort(const char* why) {
+    reason_ = why;
+    finish();
+    return Step::Ended;
+  }
+
+  // The one way out: `this` is deleted.
+  void finish() {
+    if (chosen_) listener_.pool.released(*chosen_);
+    spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}{}{}{}", id_,
+                  listener_.spec.name, peer_, upstream_name_, up_.bytes, down_.bytes,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_,
+                  error_detail_.empty() ? "" : " (after failover: ", error_detail_, error_detail_.empty() ? "" : ")");
+    for (End* e : {&client_, &upstream_}) {
+      poller_.remove(e->fd, *e);
+      ::close(e->fd);
+    }
+    for (Direction* d : {&up_, &down_}) pipes().release(d->pipe, d->in_pipe == 0);
+    delete this;
+  }
+
+  End client_;
+  End upstream_;
+  Direction up_;
+  Direction down_;
   RelayListener& listener_;
   obs::ListenerCounters& counters_;
   lifecycle::ConnectionSlot slot_;
+  net::Poller& poller_;
+  UpstreamPool::Upstream* chosen_;
+  const std::uint64_t id_;
+  const Clock::time_point started_;
+  std::string peer_;
+  std::string upstream_name_;
+  std::string error_detail_;
+  const char* reason_ = "closed";
+  const bool splice_;
+};
+
+// Before the pump: choose and dial an upstream (Asio coroutines: resolver, Happy
+// Eyeballs, failover), send the PROXY header, then hand both fds to a RelayPump.
+class RelaySession final : public lifecycle::Session, public std::enable_shared_from_this<RelaySession> {
+ public:
+  RelaySession(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+               net::Poller& poller)
+      : client_(std::move(client)),
+        listener_(listener),
+        counters_(listener.counters),
+        slot_(std::move(slot)),
+        sessions_(sessions),
+        poller_(poller),
+        id_(next_relay_id.fetch_add(1, std::memory_order_relaxed)),
+        started_(Clock::now()) {}
+
+  asio::awaitable<void> run();
+
+  void drain() override {}
+  void close_now() override {
+    aborted_ = true;
+    reason_ = "drain timeout";
+    boost::system::error_code ignored;
+    client_.cancel(ignored);
+  }
+
+ private:
+  asio::awaitable<bool> connect_upstream();
+  void finish();
+
+  Socket client_;
+  net::Fd upstream_;
+  RelayListener& listener_;
+  obs::ListenerCounters& counters_;
+  lifecycle::ConnectionSlot slot_;
+  lifecycle::SessionSet& sessions_;
+  net::Poller& poller_;
   UpstreamPool::Upstream* chosen_ = nullptr;
   const std::uint64_t id_;
   const Clock::time_point started_;
-  Clock::time_point last_activity_ = Clock::now();
-  std::uint64_t client_to_upstream_ = 0;
-  std::uint64_t upstream_to_client_ = 0;
   std::string upstream_name_ = "-";
   std::string peer_ = "-";  // filled only when debug logging is on
   const char* reason_ = "closed";
   std::string error_detail_;
   bool aborted_ = false;
-  bool splice_ = false;
   bool upstream_is_tcp_ = false;
 };
 
@@ -213,156 +449,24 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
     upstream_name_ = endpoint.to_string();
     const int family = dialed.family;
     upstream_is_tcp_ = family != AF_UNIX;
-    boost::system::error_code ec;
-    upstream_.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), dialed.fd.release(), ec);
-    co_return !ec;
+    upstream_ = std::move(dialed.fd);
+    co_return true;
   }
   if (error_detail_.empty()) error_detail_ = "connect timeout";
   co_return false;
 }
 
-asio::awaitable<bool> RelaySession::send_all(Socket& to, std::span<const char> data, obs::Counter& counter,
-                                             std::vector<char>& unsent) {
-  unsent.clear();
-  while (!data.empty()) {
-    const ssize_t n = ::send(to.native_handle(), data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      counters_.add(counter, static_cast<std::uint64_t>(n));
-      data = data.subspan(static_cast<std::size_t>(n));
-      touch();
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno != EAGAIN) {
-      fail_io(errno, &to == &upstream_);
-      co_return false;
-    }
-    // `data` may be the thread's scratch: keep our own copy across the suspension
-    // (once; after a partial send it already points into that copy).
-    const bool copied = !unsent.empty() && data.data() >= unsent.data() && data.data() < unsent.data() + unsent.size();
-    if (!copied) {
-      unsent.assign(data.begin(), data.end());
-      data = unsent;
-    }
-    auto [ec] = co_await to.async_wait(Socket::wait_write, kUseAwaitable);
-    if (aborted_ || ec) co_return false;
-  }
-  co_return true;
-}
-
-// One direction of the relay. It starts by copying through per-thread scratch (the
-// cheapest path for small request/response traffic: one recv, one send) and switches
-// to splice(2) once a read fills most of the scratch, i.e. when bulk data is flowing;
-// a few small chunks in a row switch it back (HAProxy's splice-auto idea).
-asio::awaitable<void> RelaySession::pump(Direction d) {
-  PipePool::Pipe pipe;
-  std::vector<char> unsent;
-  std::size_t in_pipe = 0;
-  bool spliced = false;
-  unsigned small_chunks = 0;
-  for (;;) {
-    auto [ec] = co_await d.from->async_wait(Socket::wait_read, kUseAwaitable);
-    if (aborted_ || ec) break;
-    if (!spliced) {
-      auto buf = scratch();
-      const ssize_t n = ::recv(d.from->native_handle(), buf.data(), buf.size(), MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) continue;
-        fail_io(errno, d.from == &upstream_);
-        break;
-      }
-      if (n == 0) {
-        // Everything read before the FIN has been written: pass the FIN on and let
-        // the other direction keep flowing (half-close).
-        ::shutdown(d.to->native_handle(), SHUT_WR);
-        break;
-      }
-      touch();
-      counters_.add(*d.read_counter, static_cast<std::uint64_t>(n));
-      *d.bytes += static_cast<std::uint64_t>(n);
-      if (!co_await send_all(*d.to, std::span<const char>(buf.data(), static_cast<std::size_t>(n)), *d.write_counter,
-                             unsent)) {
-        break;
-      }
-      if (splice_ && static_cast<std::size_t>(n) >= kBulkRead) {
-        spliced = true;
-        small_chunks = 0;
-      }
-      continue;
-    }
-    if (pipe.read < 0 && !pipes().acquire(pipe)) {
-      abort("pipe2 failed");
-      break;
-    }
-    const ssize_t n = ::splice(d.from->native_handle(), nullptr, pipe.write, nullptr, kSpliceChunk,
-                               SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      fail_io(errno, d.from == &upstream_);
-      break;
-    }
-    if (n == 0) {
-      ::shutdown(d.to->native_handle(), SHUT_WR);
-      break;
-    }
-    touch();
-    counters_.add(*d.read_counter, static_cast<std::uint64_t>(n));
-    *d.bytes += static_cast<std::uint64_t>(n);
-    in_pipe = static_cast<std::size_t>(n);
-    while (in_pipe > 0) {
-      const ssize_t m =
-          ::splice(pipe.read, nullptr, d.to->native_handle(), nullptr, in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (m > 0) {
-        in_pipe -= static_cast<std::size_t>(m);
-        counters_.add(*d.write_counter, static_cast<std::uint64_t>(m));
-        touch();
-        continue;
-      }
-      if (m < 0 && errno == EINTR) continue;
-      if (m < 0 && errno != EAGAIN) {
-        fail_io(errno, d.to == &upstream_);
-        break;
-      }
-      auto [wec] = co_await d.to->async_wait(Socket::wait_write, kUseAwaitable);
-      if (aborted_ || wec) break;
-    }
-    if (in_pipe > 0) break;
-    pipes().release(pipe, true);
-    if (static_cast<std::size_t>(n) < kSmallChunk && ++small_chunks >= 4) spliced = false;
-    if (static_cast<std::size_t>(n) >= kSmallChunk) small_chunks = 0;
-  }
-  pipes().release(pipe, in_pipe == 0);
-}
-
-void RelaySession::watch_idle() {
-  const auto idle = listener_.spec.idle_timeout;
-  if (idle.count() <= 0) return;
-  idle_timer_.expires_at(last_activity_ + idle);
-  idle_timer_.async_wait([self = shared_from_this(), idle](const boost::system::error_code& ec) {
-    if (ec || self->aborted_) return;
-    if (Clock::now() - self->last_activity_ >= idle) {
-      self->abort("idle timeout");
-    } else {
-      self->watch_idle();
-    }
-  });
-}
-
 void RelaySession::finish() {
   if (chosen_) listener_.pool.released(*chosen_);
-  idle_timer_.cancel();
-  boost::system::error_code ec;
-  spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}{}{}{}", id_,
-                listener_.spec.name, peer_, upstream_name_, client_to_upstream_, upstream_to_client_,
+  spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, 0 bytes up, 0 bytes down, {}ms, {}{}{}", id_,
+                listener_.spec.name, peer_, upstream_name_,
                 std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_,
-                error_detail_.empty() ? "" : chosen_ ? " (after failover: " : ": ", error_detail_,
-                error_detail_.empty() || !chosen_ ? "" : ")");
-  client_.close(ec);
-  upstream_.close(ec);
+                error_detail_.empty() ? "" : ": ", error_detail_);
+  boost::system::error_code ignored;
+  client_.close(ignored);
 }
 
 asio::awaitable<void> RelaySession::run() {
-  using namespace asio::experimental::awaitable_operators;
   if (spdlog::should_log(spdlog::level::debug)) {
     boost::system::error_code ec;
     const auto peer = client_.remote_endpoint(ec);
@@ -373,7 +477,12 @@ asio::awaitable<void> RelaySession::run() {
     finish();
     co_return;
   }
+  if (aborted_) {
+    finish();
+    co_return;
+  }
   const auto& spec = listener_.spec;
+  std::vector<char> unsent_up;
   if (spec.proxy_protocol != config::ProxyProtocol::Off) {
     net::SockAddr peer, local;
     peer.len = local.len = sizeof(sockaddr_storage);
@@ -382,28 +491,47 @@ asio::awaitable<void> RelaySession::run() {
     const std::string header = spec.proxy_protocol == config::ProxyProtocol::V1
                                    ? proxy_v1_header(peer.get(), peer.len, local.get(), local.len)
                                    : proxy_v2_header(peer.get(), peer.len, local.get(), local.len, false);
-    std::vector<char> unsent;
-    if (!co_await send_all(upstream_, header, counters_.upstream_bytes_sent, unsent)) {
+    // A fresh connection's send buffer takes a header of at most a few hundred bytes;
+    // should it not, the pump sends the rest before any client byte.
+    ssize_t n;
+    do {
+      n = ::send(upstream_.get(), header.data(), header.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) {
+      counters_.upstream_error(errno == ECONNRESET || errno == EPIPE ? obs::UpstreamError::Reset
+                                                                     : obs::UpstreamError::Other);
+      reason_ = errno == ECONNRESET ? "upstream reset" : "upstream error";
       finish();
       co_return;
     }
+    const std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
+    if (sent > 0) counters_.add(counters_.upstream_bytes_sent, sent);
+    unsent_up.assign(header.begin() + static_cast<std::ptrdiff_t>(sent), header.end());
   }
-  splice_ = spec.splice && spec.protocol == config::Protocol::Tcp && upstream_is_tcp_;
-  touch();
-  watch_idle();
-  Direction up{&client_, &upstream_, &counters_.bytes_received, &counters_.upstream_bytes_sent, &client_to_upstream_};
-  Direction down{&upstream_, &client_, &counters_.upstream_bytes_received, &counters_.bytes_sent, &upstream_to_client_};
-  co_await (pump(up) && pump(down));
-  if (!aborted_) reason_ = "both sides closed";
-  finish();
+  boost::system::error_code ec;
+  const int client_fd = client_.release(ec);
+  if (ec) {
+    reason_ = "cannot take over the client connection";
+    finish();
+    co_return;
+  }
+  const bool splice = spec.splice && spec.protocol == config::Protocol::Tcp && upstream_is_tcp_;
+  auto* pump = new RelayPump(RelayPump::Handover{client_fd, std::move(upstream_), std::move(unsent_up), chosen_, id_,
+                                                 started_, std::move(peer_), std::move(upstream_name_),
+                                                 std::move(error_detail_), splice},
+                             listener_, std::move(slot_), poller_);
+  chosen_ = nullptr;  // released by the pump now
+  sessions_.push_back(*pump);
+  pump->start();
+  // This object leaves the session set when the coroutine drops the last reference.
 }
 
 }  // namespace
 
 void start_relay_session(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot,
-                         lifecycle::SessionSet& sessions) {
+                         lifecycle::SessionSet& sessions, net::Poller& poller) {
   auto executor = client.get_executor();
-  auto session = std::make_shared<RelaySession>(std::move(client), listener, std::move(slot));
+  auto session = std::make_shared<RelaySession>(std::move(client), listener, std::move(slot), sessions, poller);
   sessions.push_back(*session);
   asio::co_spawn(executor, [session]() { return session->run(); }, asio::detached);
 }

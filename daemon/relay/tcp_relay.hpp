@@ -9,8 +9,8 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 
 #include "config/config.hpp"
-#include "echo/session.hpp"
 #include "lifecycle/session.hpp"
+#include "net/poller.hpp"
 #include "obs/metrics.hpp"
 #include "relay/resolver.hpp"
 #include "relay/upstream_pool.hpp"
@@ -27,8 +27,10 @@ struct RelayListener {
   UpstreamPool pool;
 };
 
-// Call on the worker thread that owns `sessions`; `client` lives on that worker.
+// Call on the worker thread that owns `sessions` and `poller`; `client` lives on that
+// worker. Dialing runs on the worker's io_context; once connected, the session moves
+// both fds to `poller` (see net/poller.hpp).
 void start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
-                         lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions);
+                         lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions, net::Poller& poller);
 
 }  // namespace echorelay::relay
