@@ -27,6 +27,8 @@ std::atomic<std::uint64_t> next_session_id{1};
 // How long an idle session closed by a drain keeps reading after its FIN, so that
 // closing never finds unread bytes (which would make the kernel send RST).
 constexpr auto kLingerLimit = std::chrono::seconds(2);
+// Full reads (up to 1 MiB) per turn before the worker's other sessions get theirs.
+constexpr unsigned kReadsPerTurn = 16;
 
 Clock::time_point after(config::Duration d, Clock::time_point from) {
   return d.count() > 0 ? from + d : Clock::time_point::max();
@@ -121,7 +123,12 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
         case Sent::All: answered(unsent_frames_, now); break;
       }
     }
-    for (;;) {
+    for (unsigned reads = 0;; ++reads) {
+      if (reads == kReadsPerTurn) {
+        // A client sending as fast as we answer would keep the worker to itself.
+        poller_.defer(*this);
+        return;
+      }
       if (draining_ && pending_.empty()) {
         // A request already waiting in the socket is one the peer sent before we
         // closed: answer it first; only a truly idle connection is closed.

@@ -3,6 +3,8 @@
 
 #include <sys/epoll.h>
 
+#include <algorithm>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstring>
 #include <spdlog/spdlog.h>
@@ -44,6 +46,7 @@ void Poller::remove(int fd, PollHandler& handler) {
   for (int i = dispatching_ + 1; i < batch_size_; ++i) {
     if (events_[i].data.ptr == &handler) events_[i].data.ptr = nullptr;
   }
+  for (auto* list : {&deferred_, &due_}) std::replace(list->begin(), list->end(), &handler, static_cast<PollHandler*>(nullptr));
   if (handler.member_.is_linked()) members_.erase(members_.iterator_to(handler));
   if (handler.wheel_.is_linked()) slots_[handler.tick_ % kSlots].erase(Slot::s_iterator_to(handler));
   handler.deadline_ = Clock::time_point::max();
@@ -64,7 +67,7 @@ void Poller::run_ready() {
     const int n = ::epoll_wait(epoll_.native_handle(), events_.data(), static_cast<int>(events_.size()), 0);
     if (n <= 0) {
       if (n < 0 && errno != EINTR) spdlog::error("epoll_wait: {}", std::strerror(errno));
-      return;
+      break;
     }
     now_ = Clock::now();
     batch_size_ = n;
@@ -72,9 +75,28 @@ void Poller::run_ready() {
       if (auto* handler = static_cast<PollHandler*>(events_[dispatching_].data.ptr)) handler->on_ready(events_[dispatching_].events);
     }
     batch_size_ = 0;
-    if (n < static_cast<int>(events_.size())) return;
+    if (n < static_cast<int>(events_.size())) break;
+  }
+  // Handlers that yielded go after everything that was ready meanwhile.
+  if (!deferred_.empty()) {
+    now_ = Clock::now();
+    due_.swap(deferred_);
+    for (PollHandler* handler : due_) {
+      if (handler) handler->on_ready(EPOLLIN | EPOLLOUT);
+    }
+    due_.clear();
+  }
+  if (!deferred_.empty() && !deferred_posted_) {
+    // Their sockets may get no new edge: come back without waiting for one.
+    deferred_posted_ = true;
+    boost::asio::post(epoll_.get_executor(), [this] {
+      deferred_posted_ = false;
+      run_ready();
+    });
   }
 }
+
+void Poller::defer(PollHandler& handler) { deferred_.push_back(&handler); }
 
 std::int64_t Poller::tick_of(Clock::time_point t) const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t - epoch_).count() / kTick.count();

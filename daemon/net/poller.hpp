@@ -16,6 +16,7 @@
 #include <boost/intrusive/list.hpp>
 #include <chrono>
 #include <cstdint>
+#include <vector>
 
 namespace echorelay::net {
 
@@ -66,6 +67,11 @@ class Poller {
   // has not exec'd yet would otherwise stay in the set with a dangling handler.
   void remove(int fd, PollHandler& handler);
 
+  // Calls handler.on_ready(EPOLLIN | EPOLLOUT) again after every other ready handler
+  // had its turn. For a handler that stops before EAGAIN to be fair to the others
+  // (edge-triggered, no new edge may come for what it left).
+  void defer(PollHandler& handler);
+
   // Deadlines fire up to one tick late. Moving a deadline later costs nothing (it is
   // noticed when the earlier slot comes round); only an earlier one relinks.
   void set_deadline(PollHandler& handler, Clock::time_point deadline);
@@ -100,6 +106,9 @@ class Poller {
   std::int64_t next_tick_;  // the first slot not yet processed
   std::int64_t timer_tick_ = INT64_MAX;  // the slot the timer is armed for
   bool in_timer_ = false;
+  std::vector<PollHandler*> deferred_;  // for the next round (null: removed)
+  std::vector<PollHandler*> due_;       // this round's, while they run
+  bool deferred_posted_ = false;
   int dispatching_ = 0;  // index into events_ while a batch is dispatched
   int batch_size_ = 0;   // 0 outside a batch
 };

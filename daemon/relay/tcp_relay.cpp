@@ -5,6 +5,7 @@
 #include "relay/tcp_relay.hpp"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -38,6 +39,8 @@ constexpr std::size_t kSpliceChunk = 64 * 1024;
 constexpr std::size_t kBulkRead = 32 * 1024;
 // Spliced chunks smaller than this, four in a row, mean request/response again.
 constexpr std::size_t kSmallChunk = 4 * 1024;
+// Reads per direction per turn (up to 1 MiB) before the other sessions get theirs.
+constexpr unsigned kChunksPerTurn = 16;
 
 std::span<char> scratch() {
   thread_local std::array<char, 64 * 1024> buffer;
@@ -129,7 +132,11 @@ class RelayPump final : public lifecycle::Session {
 
   // False (everything closed, logged) when the fds cannot be watched.
   bool start() {
-    if (!poller_.add(client_.fd, client_) || !poller_.add(upstream_.fd, upstream_)) {
+    // splice(2) blocks on a blocking socket whatever its flags say, and Asio leaves an
+    // accepted socket blocking until it first waits on it.
+    int on = 1;
+    if (::ioctl(client_.fd, FIONBIO, &on) != 0 || !poller_.add(client_.fd, client_) ||
+        !poller_.add(upstream_.fd, upstream_)) {
       error_detail_ = std::string("cannot watch the connection: ") + std::strerror(errno);
       abort("internal error");
       return false;
@@ -192,7 +199,12 @@ class RelayPump final : public lifecycle::Session {
   // i.e. when bulk data flows; a few small chunks in a row switch it back (HAProxy's
   // splice-auto idea).
   Step pump(Direction& d) {
-    for (;;) {
+    for (unsigned chunks = 0;; ++chunks) {
+      if (chunks == kChunksPerTurn) {
+        // A sender as fast as us would keep this loop (and the worker) to itself.
+        poller_.defer(*d.from);
+        return Step::Wait;
+      }
       if (d.spliced) {
         if (d.pipe.read < 0 && !pipes().acquire(d.pipe)) return abort("pipe2 failed");
         const ssize_t n = ::splice(d.from->fd, nullptr, d.pipe.write, nullptr, kSpliceChunk,

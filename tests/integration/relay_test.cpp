@@ -192,6 +192,43 @@ TEST_P(RelayHalfClose, ClientShutdownGetsEveryByteBackThenEof) {
   EXPECT_TRUE(conn.received == data);
 }
 
+// A client that keeps a bounded window in flight and waits for the echo before sending
+// more: the relay must never sit in a read on the quiet client (a blocking splice did)
+// while the echoes wait on the other side.
+TEST_P(RelayHalfClose, WindowedClientGetsEveryByteBackWithoutClosing) {
+  StreamUpstream upstream("127.0.0.1:0");
+  ASSERT_TRUE(upstream.ok());
+  Daemon daemon(daemon_header() + relay_listener("r", GetParam(), listener_address(), {upstream.address()}));
+  ASSERT_TRUE(daemon.start());
+  const std::string data = random_bytes(16 << 20, 7);
+  constexpr std::size_t kWindow = 512 << 10;
+  Fd c = connect_to(client_address(daemon));
+  ASSERT_TRUE(c);
+  std::size_t sent = 0, got = 0;
+  std::vector<char> buf(256 << 10);
+  const auto deadline = Clock::now() + 30000ms;
+  while (got < data.size() && Clock::now() < deadline) {
+    pollfd p{c.get(), static_cast<short>(POLLIN | (sent < data.size() && sent - got < kWindow ? POLLOUT : 0)), 0};
+    ASSERT_GE(::poll(&p, 1, 1000), 0);
+    if (p.revents & POLLOUT) {
+      const std::size_t len = std::min({data.size() - sent, kWindow - (sent - got), std::size_t{64} << 10});
+      const ssize_t n = ::send(c.get(), data.data() + sent, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      ASSERT_TRUE(n > 0 || errno == EAGAIN) << std::strerror(errno);
+      if (n > 0) sent += static_cast<std::size_t>(n);
+    }
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+      const ssize_t n = ::recv(c.get(), buf.data(), buf.size(), MSG_DONTWAIT);
+      ASSERT_TRUE(n > 0 || (n < 0 && errno == EAGAIN)) << "relay closed after " << got << " bytes";
+      if (n > 0) {
+        ASSERT_EQ(std::memcmp(buf.data(), data.data() + got, static_cast<std::size_t>(n)), 0) << "at offset " << got;
+        got += static_cast<std::size_t>(n);
+      }
+    }
+  }
+  EXPECT_EQ(got, data.size()) << "stalled: " << sent << " bytes sent, " << got << " echoed";
+  EXPECT_EQ(metric(daemon, "echorelay_connections_active", L("r")), 1.0);
+}
+
 TEST_P(RelayHalfClose, UpstreamShutdownFirstAndClientKeepsSending) {
   const std::string greeting = random_bytes(1 << 20, 99);
   UpstreamOptions options;
