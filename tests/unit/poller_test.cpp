@@ -199,6 +199,32 @@ TEST(Poller, AHandlerDeletedByAnotherInTheSameBatchGetsNoEvent) {
   EXPECT_EQ(deleted, 1);
 }
 
+TEST(Poller, ADeferredHandlerIsCalledAgainWithoutANewEdgeAfterTheOthers) {
+  boost::asio::io_context ctx;
+  Poller poller(ctx);
+  Probe busy(poller), other(poller);
+  ASSERT_TRUE(poller.add(busy.mine, busy));
+  ASSERT_TRUE(poller.add(other.mine, other));
+  run_for(ctx, 50ms);
+  busy.ready.clear();
+  other.ready.clear();
+  std::vector<char> order;
+  int turns = 0;
+  busy.on_event = [&] {
+    order.push_back('b');
+    if (++turns < 3) poller.defer(busy);  // as if it stopped before EAGAIN
+  };
+  other.on_event = [&] { order.push_back('o'); };
+  ASSERT_EQ(::write(busy.peer, "x", 1), 1);
+  run_for(ctx, 50ms);
+  ASSERT_EQ(::write(other.peer, "y", 1), 1);
+  run_for(ctx, 100ms);
+  EXPECT_EQ(turns, 3) << "a deferred handler was not called again";
+  ASSERT_EQ(busy.ready.size(), 3u);
+  EXPECT_EQ(busy.ready[1], static_cast<std::uint32_t>(EPOLLIN | EPOLLOUT));
+  EXPECT_EQ(std::string(order.begin(), order.end()), "bbbo");  // three turns from one edge, then the other
+}
+
 TEST(Poller, DestructionAbandonsRemainingHandlers) {
   boost::asio::io_context ctx;
   auto poller = std::make_unique<Poller>(ctx);
