@@ -43,6 +43,13 @@ struct Slot {
 }  // namespace
 
 struct EchoServer::Impl {
+  struct Sender {
+    std::array<std::uint32_t, kBatch> batch{};
+    std::array<mmsghdr, kBatch> msgs{};
+    std::array<iovec, kBatch> iov{};
+    alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> control{};
+  };
+
   struct Reader {
     explicit Reader(int socket, std::uint32_t rate) : fd(socket), limiter(rate) {}
     int fd;
@@ -55,13 +62,7 @@ struct EchoServer::Impl {
     // into one shared scratch buffer.
     std::array<sockaddr_storage, kBatch> scratch_names{};
     std::unique_ptr<std::byte[]> scratch;
-  };
-
-  struct Sender {
-    std::array<std::uint32_t, kBatch> batch{};
-    std::array<mmsghdr, kBatch> msgs{};
-    std::array<iovec, kBatch> iov{};
-    alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> control{};
+    std::unique_ptr<Sender> sender;  // set when this reader answers itself
   };
 
   Impl(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters)
@@ -108,7 +109,8 @@ struct EchoServer::Impl {
     if (started_) return;
     started_ = true;
     for (int fd : sockets_) enable_pktinfo(fd, name_);
-    for (unsigned i = 0; i < worker_count_; ++i) {
+    // With one worker the readers answer themselves (see drain).
+    for (unsigned i = 0; worker_count_ > 1 && i < worker_count_; ++i) {
       workers_.emplace_back([this, i] {
         name_thread("udp-w", i);
         work_loop();
@@ -117,6 +119,7 @@ struct EchoServer::Impl {
     for (std::size_t i = 0; i < sockets_.size(); ++i) {
       auto reader = std::make_unique<Reader>(sockets_[i], rate_);
       reader->scratch = std::make_unique<std::byte[]>(max_datagram_);
+      if (worker_count_ == 1) reader->sender = std::make_unique<Sender>();
       Reader& r = *reader;
       readers_.push_back(std::move(reader));
       r.thread = std::thread([this, &r, i] {
@@ -242,7 +245,15 @@ struct EchoServer::Impl {
       }
       counters_.add(counters_.datagrams_received, static_cast<std::uint64_t>(n));
       counters_.add(counters_.bytes_received, bytes);
-      publish(r.reserved, accepted, k);
+      if (r.sender) {
+        // A pool of one would only add a hand-off (two context switches on a busy CPU):
+        // the reader answers, and the slots go straight back.
+        std::copy_n(r.reserved.begin(), accepted, r.sender->batch.begin());
+        send_batch(*r.sender, accepted);
+        publish(r.reserved, 0, k);
+      } else {
+        publish(r.reserved, accepted, k);
+      }
       if (static_cast<unsigned>(n) < want) return;  // the socket is empty: back to poll
     }
   }

@@ -338,6 +338,8 @@ struct RelayServer::Impl {
     std::array<std::uint32_t, kBatch> batch{};
     std::array<mmsghdr, kBatch> msgs{};
     std::array<iovec, kBatch> iov{};
+    unsigned out_count = 0;  // replies queued in msgs[0, out_count) for out_fd
+    int out_fd = -1;
     Clock::time_point now{};
   };
 
@@ -451,6 +453,7 @@ struct RelayServer::Impl {
       reader->local_port = source_port(reader->local);
       readers_.push_back(std::move(reader));
     }
+    inline_ = !fanout_ && worker_count_ == 1;
     for (auto& w : workers_) {
       Worker& wr = *w;
       wr.thread = std::thread([this, &wr] {
@@ -460,6 +463,13 @@ struct RelayServer::Impl {
     }
     for (auto& r : readers_) {
       Reader& rr = *r;
+      if (inline_) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &rr;
+        if (::epoll_ctl(workers_.front()->epoll.get(), EPOLL_CTL_ADD, rr.fd, &ev) != 0) fatal(name_, "epoll_ctl", errno);
+        continue;
+      }
       rr.thread = std::thread([this, &rr] {
         name_thread("udp-rr", rr.index);
         read_loop(rr);
@@ -476,7 +486,10 @@ struct RelayServer::Impl {
   }
 
   void stop_reading() {
-    if (stop_reader_threads(stop_reading_, read_wake_.get(), lifecycle_, readers_)) {
+    // Inline, the worker notices the flag at its sockets' next event (and unwatches them);
+    // a batch it is reading meanwhile is still relayed.
+    if (stop_reader_threads(stop_reading_, read_wake_.get(), lifecycle_, readers_) ||
+        (inline_ && !inline_stopped_.exchange(true))) {
       spdlog::info("udp {}: stopped reading; sockets left open, sessions still relay replies", name_);
     }
   }
@@ -507,6 +520,22 @@ struct RelayServer::Impl {
 
   void drain(Reader& r) {
     while (!stop_reading_.load(std::memory_order_acquire)) {
+      unsigned accepted = 0;
+      const int n = receive_batch(r, accepted);
+      if (n < 0) return;
+      if (fanout_) {
+        fan_out(r, accepted);
+      } else {
+        hand_over(r, accepted);
+      }
+      if (static_cast<unsigned>(n) < kBatch) return;  // the socket is empty: back to poll
+    }
+  }
+
+  // One recvmmsg batch into r's buffers; r.accepted[0, accepted) are the datagrams the
+  // policy lets through. -1 when nothing was read (empty, or an error already handled).
+  int receive_batch(Reader& r, unsigned& accepted) {
+    for (;;) {
       for (unsigned i = 0; i < kBatch; ++i) {
         msghdr& h = r.msgs[i].msg_hdr;
         h = msghdr{};
@@ -522,14 +551,14 @@ struct RelayServer::Impl {
       if (n < 0) {
         const int err = errno;
         if (err == EINTR) continue;
-        if (is_again(err)) return;
+        if (is_again(err)) return -1;
         if (is_impossible(err)) fatal(name_, "recvmmsg", err);
         // A pending ICMP error or ENOMEM: the call consumed it; poll decides what is next.
         warn("recvmmsg", err);
-        return;
+        return -1;
       }
       const auto now = policy_.rate != 0 ? Clock::now() : Clock::time_point{};
-      unsigned accepted = 0;
+      accepted = 0;
       std::uint64_t bytes = 0;
       for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
         const msghdr& h = r.msgs[i].msg_hdr;
@@ -543,13 +572,46 @@ struct RelayServer::Impl {
       }
       counters_.add(counters_.datagrams_received, static_cast<std::uint64_t>(n));
       counters_.add(counters_.bytes_received, bytes);
-      if (fanout_) {
-        fan_out(r, accepted);
-      } else {
-        hand_over(r, accepted);
-      }
-      if (static_cast<unsigned>(n) < kBatch) return;  // the socket is empty: back to poll
+      return n;
     }
+  }
+
+  // A single worker reads the listener sockets itself: every session is its own, so a
+  // reader thread would only add a copy, a lock and a wake-up (two context switches on
+  // a busy CPU) per datagram. Level-triggered, a few batches per turn.
+  void read_inline(Worker& w, Reader& r) {
+    if (stop_reading_.load(std::memory_order_acquire)) {
+      // Left for a successor: stop being woken for them.
+      ::epoll_ctl(w.epoll.get(), EPOLL_CTL_DEL, r.fd, nullptr);
+      return;
+    }
+    for (unsigned turn = 0; turn < kInboxBatchesPerTurn; ++turn) {
+      unsigned accepted = 0;
+      const int n = receive_batch(r, accepted);
+      if (n < 0) return;
+      Item item;
+      for (unsigned a = 0; a < accepted; ++a) {
+        const unsigned i = r.accepted[a];
+        const msghdr& h = r.msgs[i].msg_hdr;
+        item.len = r.msgs[i].msg_len;
+        item.fd = r.fd;
+        item.reader = r.index;
+        item.key = client_key(r.names[i]);
+        item.addr = r.names[i];
+        item.addr_len = h.msg_namelen;
+        item.control_len = (h.msg_flags & MSG_CTRUNC) != 0 ? 0 : static_cast<socklen_t>(h.msg_controllen);
+        std::memcpy(item.control, r.control[i].data(), item.control_len);
+        on_client_datagram(w, item, static_cast<const std::byte*>(r.iov[i].iov_base));
+      }
+      if (static_cast<unsigned>(n) < kBatch) return;
+    }
+  }
+
+  Reader* reader_of(const void* tag) {
+    for (auto& r : readers_) {
+      if (r.get() == tag) return r.get();
+    }
+    return nullptr;
   }
 
   std::size_t shard(const ClientKey& key) const {
@@ -695,6 +757,7 @@ struct RelayServer::Impl {
 
   void work_loop(Worker& w) {
     std::array<epoll_event, kEpollEvents> events{};
+    std::vector<Reader*> readable;  // inline mode: listener sockets read after the batch
     bool backlog = false;
     for (;;) {
       const int n = ::epoll_wait(w.epoll.get(), events.data(), kEpollEvents, backlog ? 0 : next_timeout_ms(w));
@@ -712,10 +775,21 @@ struct RelayServer::Impl {
           [[maybe_unused]] auto r = ::read(w.wake.get(), &value, sizeof value);
           continue;
         }
+        if (inline_) {
+          if (Reader* r = reader_of(events[static_cast<std::size_t>(i)].data.ptr)) {
+            readable.push_back(r);
+            continue;
+          }
+        }
         // Only this session's own event may close its upstream here; sessions are
         // finished only below, after the batch, so no later event points at a freed one.
         relay_replies(w, *static_cast<Session*>(events[static_cast<std::size_t>(i)].data.ptr));
       }
+      flush_replies(w);
+      // A client datagram may open a session and so evict (finish) another, which
+      // must not happen while later events of the batch may point at it.
+      for (Reader* r : readable) read_inline(w, *r);
+      readable.clear();
       backlog = drain_inbox(w);
       if (w.retry_resolving.exchange(false, std::memory_order_acq_rel)) retry_resolving(w);
       for (unsigned k = w.evict_requests.exchange(0, std::memory_order_acq_rel); k != 0 && !w.lru.empty(); --k) {
@@ -1044,17 +1118,22 @@ struct RelayServer::Impl {
 
   // Reads what the session's upstream sent and passes it to the client, from the
   // address the client last sent to.
+  // Replies are queued for the client side and sent with one sendmmsg for all the
+  // sessions of a batch (flush_replies), not one per session.
   void relay_replies(Worker& w, Session& s) {
     if (!s.upstream) return;
     for (unsigned round = 0; round < kReplyBatchesPerEvent; ++round) {
-      for (unsigned i = 0; i < kBatch; ++i) {
+      if (w.out_count == kBatch || (w.out_count != 0 && w.out_fd != s.listener_fd)) flush_replies(w);
+      const unsigned first = w.out_count;
+      const unsigned room = kBatch - first;
+      for (unsigned i = first; i < kBatch; ++i) {
         w.iov[i] = {w.reply_buffer.get() + static_cast<std::size_t>(i) * max_datagram_, max_datagram_};
         msghdr& h = w.msgs[i].msg_hdr;
         h = msghdr{};
         h.msg_iov = &w.iov[i];
         h.msg_iovlen = 1;
       }
-      const int n = ::recvmmsg(s.upstream.get(), w.msgs.data(), kBatch, MSG_DONTWAIT, nullptr);
+      const int n = ::recvmmsg(s.upstream.get(), w.msgs.data() + first, room, MSG_DONTWAIT, nullptr);
       if (n < 0) {
         const int err = errno;
         if (err == EINTR) continue;
@@ -1074,16 +1153,16 @@ struct RelayServer::Impl {
         pool_.connected(*s.upstream_ref);
         pool_.released(*s.upstream_ref);
       }
-      unsigned out = 0;
       std::uint64_t bytes = 0;
-      for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
+      for (unsigned i = first; i < first + static_cast<unsigned>(n); ++i) {
         const auto len = w.msgs[i].msg_len;
         if ((w.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0) {
           counters_.drop(obs::Drop::Truncated);
           continue;
         }
         bytes += len;
-        // Compact in place: message `out` reuses buffer i (never more bytes than read).
+        // Compact in place: message `out_count` reuses buffer i (never more bytes than read).
+        const unsigned out = w.out_count++;
         w.iov[out] = {w.iov[i].iov_base, len};
         msghdr& h = w.msgs[out].msg_hdr;
         h = msghdr{};
@@ -1095,19 +1174,25 @@ struct RelayServer::Impl {
           h.msg_control = s.reply_control;
           h.msg_controllen = s.reply_control_len;
         }
-        ++out;
       }
+      w.out_fd = s.listener_fd;
       counters_.add(counters_.upstream_bytes_received, bytes);
-      if (out != 0) {
-        const Sent sent = send_datagrams(s.listener_fd, w.msgs.data(), out, name_, counters_, warn_gate_);
-        counters_.add(counters_.datagrams_sent, sent.datagrams);
-        counters_.add(counters_.bytes_sent, sent.bytes);
-        s.bytes_down += sent.bytes;
-      }
+      s.bytes_down += bytes;
       touch(w, s);
-      if (static_cast<unsigned>(n) < kBatch) return;
+      if (static_cast<unsigned>(n) < room) return;
     }
   }
+
+  // Sends the queued replies. Their headers point into sessions, so this runs before
+  // any session of the batch can be finished.
+  void flush_replies(Worker& w) {
+    if (w.out_count == 0) return;
+    const Sent sent = send_datagrams(w.out_fd, w.msgs.data(), w.out_count, name_, counters_, warn_gate_);
+    counters_.add(counters_.datagrams_sent, sent.datagrams);
+    counters_.add(counters_.bytes_sent, sent.bytes);
+    w.out_count = 0;
+  }
+
 
   void warn(const char* call, int err) { warn_gate_.warn(name_, call, err); }
 
@@ -1134,6 +1219,8 @@ struct RelayServer::Impl {
 
   net::Fd read_wake_;  // eventfd; readable once stop_reading() ran
   std::atomic<bool> stop_reading_{false};
+  bool inline_ = false;  // one worker, which reads the listener sockets itself (set before threads start)
+  std::atomic<bool> inline_stopped_{false};
   std::atomic<bool> stopping_{false};
   std::mutex lifecycle_;  // start/stop/joins
   bool started_ = false;

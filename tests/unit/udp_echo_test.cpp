@@ -292,13 +292,14 @@ TEST(UdpEcho, CountsQueueFullDrops) {
   constexpr int kBurst = 200;
   std::set<std::string> sent;
   // The burst waits in the kernel before the server starts: the reader then takes it
-  // far faster than one worker can answer through a two-slot queue.
+  // far faster than the pool can answer through a two-slot queue. (With one worker
+  // there is no queue to fill: the reader answers each batch itself.)
   for (int i = 0; i < kBurst; ++i) {
     const std::string payload = "burst " + std::to_string(i);
     send_to(client.get(), payload, to);
     sent.insert(payload);
   }
-  auto listener = udp_listener(1);
+  auto listener = udp_listener(2);
   listener.queue = 2;
   obs::ListenerCounters counters("udp-test");
   EchoServer echo(listener, {server.get()}, counters);
