@@ -191,15 +191,11 @@ void App::Impl::start_serving() {
             // The session set is the target worker's alone: join it on that thread.
             asio::post(ctx, [target, &spec, &counters, relay_listener, socket = std::move(socket),
                              slot = std::move(slot)]() mutable {
-              lifecycle::Session* session = nullptr;
-              if (relay_listener) {
-                relay::start_relay_session(std::move(socket), *relay_listener, std::move(slot), target->sessions,
-                                           target->poller);
-                session = &target->sessions.back();
-              } else {
-                session = echo::start_session(std::move(socket), spec, counters, std::move(slot), target->sessions,
-                                              target->poller);
-              }
+              lifecycle::Session* session =
+                  relay_listener ? relay::start_relay_session(std::move(socket), *relay_listener, std::move(slot),
+                                                              target->sessions, target->poller)
+                                 : echo::start_session(std::move(socket), spec, counters, std::move(slot),
+                                                       target->sessions, target->poller);
               // Accepted before the drain began but started after it walked this
               // worker: it drains now (answers what is waiting, then closes).
               if (session && target->draining) session->drain();

@@ -17,7 +17,7 @@ namespace echorelay::app {
 struct Worker {
   boost::asio::io_context ctx{1};  // concurrency hint 1: only this worker's thread runs it
   lifecycle::SessionSet sessions;  // touched only on this worker's thread
-  net::Poller poller{ctx};         // echo sessions; destroyed (abandoning them) before ctx
+  net::Poller poller{ctx};         // echo sessions, established relays; destroyed (abandoning them) before ctx
   bool draining = false;           // likewise: sessions that start from now on drain at once
   std::thread thread;
 };

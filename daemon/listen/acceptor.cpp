@@ -104,6 +104,15 @@ asio::awaitable<void> StreamAcceptor::Impl::loop() {
       socket.close(ignored);
       continue;
     }
+    // Asio leaves an accepted socket blocking until it first waits on it; the sessions
+    // hand theirs to a Poller, where a blocking fd would stall the worker (splice(2)
+    // blocks on one whatever its flags say).
+    boost::system::error_code nb;
+    socket.non_blocking(true, nb);
+    if (nb) {
+      spdlog::warn("listener {}: cannot make a connection non-blocking: {}", spec.name, nb.message());
+      continue;  // closed by the socket's destructor
+    }
     counters.connections_active.fetch_add(1, std::memory_order_relaxed);
     limits.total_active->fetch_add(1, std::memory_order_relaxed);
     on_accept(std::move(socket), lifecycle::ConnectionSlot(&counters, limits.total_active));

@@ -10,7 +10,7 @@
 #include <memory>
 
 #include "config/config.hpp"
-#include "echo/session.hpp"
+#include "lifecycle/session.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::listen {

@@ -5,13 +5,10 @@
 #include "relay/tcp_relay.hpp"
 
 #include <fcntl.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -29,7 +26,6 @@ namespace echorelay::relay {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 using Socket = asio::generic::stream_protocol::socket;
-constexpr auto kUseAwaitable = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
@@ -132,11 +128,8 @@ class RelayPump final : public lifecycle::Session {
 
   // False (everything closed, logged) when the fds cannot be watched.
   bool start() {
-    // splice(2) blocks on a blocking socket whatever its flags say, and Asio leaves an
-    // accepted socket blocking until it first waits on it.
-    int on = 1;
-    if (::ioctl(client_.fd, FIONBIO, &on) != 0 || !poller_.add(client_.fd, client_) ||
-        !poller_.add(upstream_.fd, upstream_)) {
+    // Both fds are non-blocking: the acceptor and the dialer make them so.
+    if (!poller_.add(client_.fd, client_) || !poller_.add(upstream_.fd, upstream_)) {
       error_detail_ = std::string("cannot watch the connection: ") + std::strerror(errno);
       abort("internal error");
       return false;
@@ -540,12 +533,13 @@ asio::awaitable<void> RelaySession::run() {
 
 }  // namespace
 
-void start_relay_session(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot,
-                         lifecycle::SessionSet& sessions, net::Poller& poller) {
+lifecycle::Session* start_relay_session(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot,
+                                        lifecycle::SessionSet& sessions, net::Poller& poller) {
   auto executor = client.get_executor();
   auto session = std::make_shared<RelaySession>(std::move(client), listener, std::move(slot), sessions, poller);
   sessions.push_back(*session);
   asio::co_spawn(executor, [session]() { return session->run(); }, asio::detached);
+  return session.get();
 }
 
 }  // namespace echorelay::relay

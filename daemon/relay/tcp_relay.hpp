@@ -30,7 +30,8 @@ struct RelayListener {
 // Call on the worker thread that owns `sessions` and `poller`; `client` lives on that
 // worker. Dialing runs on the worker's io_context; once connected, the session moves
 // both fds to `poller` (see net/poller.hpp).
-void start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
-                         lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions, net::Poller& poller);
+lifecycle::Session* start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
+                                        lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+                                        net::Poller& poller);
 
 }  // namespace echorelay::relay
