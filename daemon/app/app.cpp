@@ -363,6 +363,10 @@ void App::Impl::finish_drain() {
 // WATCHDOG=1 only while every worker loop turns: each tick posts a heartbeat to every
 // worker and pets systemd only if all of the previous tick's heartbeats ran.
 void App::Impl::pet_watchdog() {
+  // After a handover the successor is the service: a draining predecessor petting on
+  // its behalf would hide a successor whose loop is stuck. cancel() alone cannot stop
+  // a tick whose timer already fired but has not run yet.
+  if (!is_main) return;
   bool all_alive = true;
   for (std::size_t i = 0; i < worker_beats.size(); ++i) {
     const auto beat = worker_beats[i]->load(std::memory_order_relaxed);

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -65,8 +66,10 @@ std::optional<std::string> Notice::value(std::string_view key) const {
 
 NotifySocket::NotifySocket(std::string path) : path_(std::move(path)) {
   fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd_) {
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd_ || !wake_) {
     ADD_FAILURE() << "notify socket: " << std::strerror(errno);
+    fd_.reset();
     return;
   }
   int one = 1;
@@ -80,13 +83,33 @@ NotifySocket::NotifySocket(std::string path) : path_(std::move(path)) {
   if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
     ADD_FAILURE() << "bind " << path_ << ": " << std::strerror(errno);
     fd_.reset();
+    return;
+  }
+  reader_ = std::thread([this] { read_loop(); });
+}
+
+NotifySocket::~NotifySocket() {
+  if (reader_.joinable()) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_.get(), &one, sizeof one);
+    reader_.join();
   }
 }
 
-void NotifySocket::pump(Millis timeout) {
-  if (!fd_) return;
-  pollfd p{fd_.get(), POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return;
+void NotifySocket::read_loop() {
+  for (;;) {
+    pollfd p[2] = {{fd_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      ADD_FAILURE() << "poll notify socket: " << std::strerror(errno);
+      return;
+    }
+    if (p[1].revents != 0) return;
+    receive_queued();
+  }
+}
+
+void NotifySocket::receive_queued() {
   for (;;) {
     char buf[8192];
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * 64)];
@@ -117,30 +140,47 @@ void NotifySocket::pump(Millis timeout) {
     }
     notice.text.assign(buf, static_cast<std::size_t>(n));
     while (!notice.text.empty() && notice.text.back() == '\n') notice.text.pop_back();
-    if (notice.has("FDSTOREREMOVE=1")) {
-      const auto name = notice.value("FDNAME");
-      for (auto& m : messages_)
-        if (m.has("FDSTORE=1") && m.value("FDNAME") == name) m.fds.clear();
+    {
+      std::lock_guard lock(mutex_);
+      if (notice.has("FDSTOREREMOVE=1")) {
+        const auto name = notice.value("FDNAME");
+        for (auto& m : messages_)
+          if (m.has("FDSTORE=1") && m.value("FDNAME") == name) m.fds.clear();
+      }
+      messages_.push_back(std::move(notice));
     }
-    messages_.push_back(std::move(notice));
+    arrived_.notify_all();
   }
 }
 
-std::size_t NotifySocket::size() {
-  pump();
+std::size_t NotifySocket::size() const {
+  std::lock_guard lock(mutex_);
   return messages_.size();
+}
+
+const Notice& NotifySocket::at(std::size_t i) const {
+  std::lock_guard lock(mutex_);
+  return messages_.at(i);
+}
+
+std::vector<std::reference_wrapper<const Notice>> NotifySocket::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return {messages_.begin(), messages_.end()};
 }
 
 std::optional<std::size_t> NotifySocket::wait_for(const std::function<bool(const Notice&)>& pred,
                                                   std::size_t from, Millis timeout) {
-  auto deadline = Clock::now() + timeout;
+  const auto deadline = Clock::now() + timeout;
+  std::unique_lock lock(mutex_);
   std::size_t checked = from;
   for (;;) {
-    pump();
     for (; checked < messages_.size(); ++checked)
       if (pred(messages_[checked])) return checked;
-    if (Clock::now() >= deadline) return std::nullopt;
-    pump(Millis(std::min(remaining(deadline), 50)));
+    if (arrived_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      for (; checked < messages_.size(); ++checked)
+        if (pred(messages_[checked])) return checked;
+      return std::nullopt;
+    }
   }
 }
 
@@ -150,11 +190,12 @@ std::optional<std::size_t> NotifySocket::wait_line(std::string_view line, std::s
 }
 
 void NotifySocket::release_fds() {
-  pump();
+  std::lock_guard lock(mutex_);
   for (auto& m : messages_) m.fds.clear();
 }
 
 std::string NotifySocket::dump() const {
+  std::lock_guard lock(mutex_);
   std::string out;
   for (const auto& m : messages_) {
     std::string text = m.text;
@@ -261,7 +302,7 @@ ServiceUnderTest::ServiceUnderTest(std::string toml, Options options)
 ServiceUnderTest::~ServiceUnderTest() {
   std::vector<pid_t> pids = main_pids_;
   if (first_pid_ > 0 && !first_exit_) pids.push_back(first_pid_);
-  for (const auto& m : notify_.messages())
+  for (const Notice& m : notify_.snapshot())
     if (m.sender > 0) pids.push_back(m.sender);
   // Workers of a supervisor and successors still starting: every descendant.
   for (std::size_t i = 0; i < pids.size() && i < 1000; ++i) {

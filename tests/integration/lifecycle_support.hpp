@@ -9,7 +9,9 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -37,18 +39,23 @@ struct Notice {
 
 // A test-owned AF_UNIX datagram socket with SO_PASSCRED: the service's NOTIFY_SOCKET.
 // Keeps FDSTORE fds like systemd's fd store, honouring FDSTOREREMOVE=1 by name.
-// Single-threaded: only the test thread calls it.
+// A thread reads it all the time, as systemd does: a datagram socket queues only
+// net.unix.max_dgram_qlen messages (10 here), and a service whose sd_notify() finds
+// the queue full blocks until somebody reads, which no real service manager makes it do.
+// Notices are never removed, so references from at() stay valid.
 class NotifySocket {
  public:
   explicit NotifySocket(std::string path);
+  ~NotifySocket();
+  NotifySocket(const NotifySocket&) = delete;
+  NotifySocket& operator=(const NotifySocket&) = delete;
   const std::string& path() const { return path_; }
   bool valid() const { return fd_.valid(); }
 
-  // Reads every queued datagram; waits up to `timeout` for the first one.
-  void pump(Millis timeout = 0ms);
-  std::size_t size();
-  const Notice& at(std::size_t i) const { return messages_.at(i); }
-  const std::vector<Notice>& messages() const { return messages_; }
+  std::size_t size() const;
+  const Notice& at(std::size_t i) const;
+  // Every notice received so far.
+  std::vector<std::reference_wrapper<const Notice>> snapshot() const;
 
   // Index of the first message at or after `from` matching `pred`, waiting up to `timeout`.
   std::optional<std::size_t> wait_for(const std::function<bool(const Notice&)>& pred, std::size_t from,
@@ -62,9 +69,16 @@ class NotifySocket {
   std::string dump() const;
 
  private:
+  void read_loop();
+  void receive_queued();
+
   std::string path_;
   Fd fd_;
-  std::vector<Notice> messages_;
+  Fd wake_;  // eventfd: ends read_loop
+  mutable std::mutex mutex_;
+  std::condition_variable arrived_;
+  std::deque<Notice> messages_;
+  std::thread reader_;
 };
 
 // How a process we watched ended.

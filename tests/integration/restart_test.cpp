@@ -146,12 +146,12 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   }
   // After its successor's READY, an old process says nothing more to the service manager.
   for (std::size_t i = 0; i < old_pids.size(); ++i) {
-    for (std::size_t m = handover_index[i]; m < svc.notify().messages().size(); ++m) {
+    for (std::size_t m = handover_index[i]; m < svc.notify().size(); ++m) {
       const Notice& n = svc.notify().at(m);
       EXPECT_NE(n.sender, old_pids[i]) << "old pid " << old_pids[i] << " sent '" << n.text << "' after handover";
     }
   }
-  for (const auto& n : svc.notify().messages()) EXPECT_FALSE(n.has("STOPPING=1")) << "nobody stopped the service";
+  for (const Notice& n : svc.notify().snapshot()) EXPECT_FALSE(n.has("STOPPING=1")) << "nobody stopped the service";
 
   // The Unix path survived 20 handovers and still serves.
   EXPECT_TRUE(exists(unix_path));

@@ -89,7 +89,7 @@ TEST(Supervise, PidStaysTheSameAcrossTenHotRestartsUnderLoadAndChildrenAreReaped
   const pid_t supervisor = svc.first_pid();
   EXPECT_EQ(svc.main_pid(), supervisor);
   // The supervisor speaks for the service: it relays READY and STATUS but keeps MAINPID.
-  for (const auto& n : svc.notify().messages()) {
+  for (const Notice& n : svc.notify().snapshot()) {
     EXPECT_EQ(n.sender, supervisor) << n.text;
     EXPECT_FALSE(n.value("MAINPID")) << "MAINPID relayed: " << n.text;
   }
@@ -135,7 +135,7 @@ TEST(Supervise, PidStaysTheSameAcrossTenHotRestartsUnderLoadAndChildrenAreReaped
       << zombie_children(supervisor).size() << " zombie children of the supervisor";
   EXPECT_EQ(living_children(supervisor), std::vector<pid_t>{workers.back()});
   // Nobody but the supervisor spoke on the service's notify socket.
-  for (const auto& n : svc.notify().messages()) EXPECT_EQ(n.sender, supervisor) << n.text;
+  for (const Notice& n : svc.notify().snapshot()) EXPECT_EQ(n.sender, supervisor) << n.text;
 
   // SIGTERM to the supervisor reaches the worker: STOPPING relayed, worker exits 0,
   // supervisor exits 0 after it.
