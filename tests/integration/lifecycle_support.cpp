@@ -48,6 +48,33 @@ int status_code(int status) {
 
 }  // namespace
 
+std::string tcp_unix_udp_config(const std::string& unix_path) {
+  return R"(
+[daemon]
+workers = 2
+drain_timeout = "5s"
+restart_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+address = "127.0.0.1:0"
+
+[[listener]]
+name = "unix"
+protocol = "unix"
+address = ")" + unix_path + R"("
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.1:0"
+)";
+}
+
 // ---- Notice, NotifySocket ----
 
 bool Notice::has(std::string_view line) const {

@@ -81,6 +81,10 @@ class NotifySocket {
   std::thread reader_;
 };
 
+// Two workers, drain and restart timeouts of 5 s, an admin endpoint and three
+// listeners: "tcp" and "udp" on 127.0.0.1, "unix" at `unix_path`.
+std::string tcp_unix_udp_config(const std::string& unix_path);
+
 // How a process we watched ended.
 struct Gone {
   bool gone = false;              // no longer running (exited and reaped, or a zombie)

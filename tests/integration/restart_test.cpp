@@ -18,30 +18,7 @@ namespace {
 
 // Config A: tcp, unix, udp. Config B: the same plus the tcp listener "extra".
 std::string storm_config(const std::string& unix_path, bool with_extra) {
-  std::string toml = R"(
-[daemon]
-workers = 2
-drain_timeout = "5s"
-restart_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+  std::string toml = tcp_unix_udp_config(unix_path);
   if (with_extra) toml += R"(
 [[listener]]
 name = "extra"

@@ -13,33 +13,6 @@
 namespace echorelay::test {
 namespace {
 
-std::string supervise_config(const std::string& unix_path) {
-  return R"(
-[daemon]
-workers = 2
-drain_timeout = "5s"
-restart_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
-}
-
 struct Child {
   pid_t pid;
   char state;
@@ -84,7 +57,7 @@ TEST(Supervise, PidStaysTheSameAcrossTenHotRestartsUnderLoadAndChildrenAreReaped
   const std::string unix_path = sockets.file("supervised.sock");
   ServiceUnderTest::Options options;
   options.supervise = true;
-  ServiceUnderTest svc(supervise_config(unix_path), options);
+  ServiceUnderTest svc(tcp_unix_udp_config(unix_path), options);
   ASSERT_TRUE(svc.start());
   const pid_t supervisor = svc.first_pid();
   EXPECT_EQ(svc.main_pid(), supervisor);
@@ -150,7 +123,7 @@ TEST(Supervise, ExitsWithTheWorkersStatus) {
   TempDir sockets;
   ServiceUnderTest::Options options;
   options.supervise = true;
-  ServiceUnderTest svc(supervise_config(sockets.file("status.sock")), options);
+  ServiceUnderTest svc(tcp_unix_udp_config(sockets.file("status.sock")), options);
   ASSERT_TRUE(svc.start());
   const pid_t supervisor = svc.first_pid();
   const pid_t worker = single_worker(supervisor);
