@@ -46,6 +46,10 @@ namespace {
 // (listener names are [A-Za-z0-9_.-]).
 constexpr const char* kAdminFdName = "+admin";
 
+// How long past its drain deadline a stopping process waits for a successor it told
+// to stop (that successor has the same drain_timeout, started a little later).
+constexpr std::chrono::milliseconds kSuccessorGrace{2000};
+
 unsigned worker_count(unsigned configured) {
   if (configured > 0) return configured;
   return std::max(1u, std::thread::hardware_concurrency());
@@ -84,7 +88,10 @@ std::vector<std::string> take_owned_paths() {
 
 struct App::Impl {
   Impl(config::Config c, Options o)
-      : config(std::move(c)), options(std::move(o)), pool(worker_count(config.daemon.workers)) {}
+      : config(std::move(c)),
+        options(std::move(o)),
+        pool(worker_count(config.daemon.workers)),
+        is_main(options.ready_fd < 0) {}
 
   int run();
   Result<void> open_listeners(listen::InheritedSockets& inherited);
@@ -127,8 +134,11 @@ struct App::Impl {
   std::vector<std::string> owned_paths = take_owned_paths();  // from the predecessor
   Clock::time_point drain_deadline{};
   Clock::time_point last_extend{};
-  bool is_main = true;  // false once a successor took over
+  // Whether this process speaks for the service. A successor does only once it reports
+  // ready; a predecessor stops once its successor did.
+  bool is_main = true;
   bool draining = false;
+  bool stop_signalled = false;  // a second SIGTERM/SIGINT closes everything at once
   bool forced = false;
 };
 
@@ -237,6 +247,7 @@ std::string App::Impl::status_line() const {
 // This process now speaks for the service: pid file, then MAINPID and READY (a
 // supervisor or systemd follows MAINPID), the fd store, then the predecessor.
 void App::Impl::become_main() {
+  is_main = true;
   const pid_t pid = ::getpid();
   if (!config.daemon.pid_file.empty() && !write_atomically(config.daemon.pid_file, std::to_string(pid) + "\n")) {
     spdlog::error("cannot write pid file {}", config.daemon.pid_file);
@@ -264,15 +275,22 @@ void App::Impl::handed_over(pid_t successor) {
   is_main = false;
   // The successor serves these paths now; unlinking them would take its address away.
   for (auto& open : listeners) open.owns_path = false;
-  spdlog::info("successor pid {} serves; draining", successor);
   if (admin_server) admin_server->stop();
   watchdog_timer.cancel();
+  if (draining) {
+    // A stop aborted the restart but the successor got ready first: it is main now
+    // and drains itself; we go on with our own drain, silently.
+    spdlog::info("successor pid {} became main while stopping; it drains too", successor);
+    return;
+  }
+  spdlog::info("successor pid {} serves; draining", successor);
   begin_drain();
 }
 
 void App::Impl::restart_failed(const std::string& reason) {
   metrics.restart_failures.fetch_add(1, std::memory_order_relaxed);
-  os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
+  // After STOPPING=1, READY=1 would tell the service manager we are serving again.
+  if (!draining) os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
 }
 
 void App::Impl::wait_for_signal() {
@@ -284,17 +302,26 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
   switch (signo) {
     case SIGTERM:
     case SIGINT:
-      if (draining) {
+      if (stop_signalled) {
         spdlog::warn("second {}: closing every connection now", signo == SIGTERM ? "SIGTERM" : "SIGINT");
         forced = true;
         finish_drain();
         return;
       }
+      stop_signalled = true;
+      if (draining) {
+        // Draining after a handover already: this is the first stop, not the second.
+        spdlog::info("{}: already draining", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+      }
+      if (restarter) restarter->abort();
       begin_drain();
       break;
     case SIGHUP:
       if (draining) {
         spdlog::info("SIGHUP while draining: ignored");
+      } else if (!is_main) {
+        spdlog::info("SIGHUP before this successor was ready: ignored");
       } else {
         restarter->request();
       }
@@ -327,7 +354,15 @@ void App::Impl::begin_drain() {
 }
 
 void App::Impl::check_drain() {
-  if (metrics.connections_active_total.load() == 0) {
+  // A successor told to stop with us still holds our sockets' connections: exiting
+  // before it would let the service manager kill it mid-drain (KillMode=mixed).
+  const bool successor_stopping = restarter && restarter->successor_stopping();
+  if (metrics.connections_active_total.load() == 0 && !successor_stopping) {
+    finish_drain();
+    return;
+  }
+  if (successor_stopping && forced && Clock::now() >= drain_deadline + kSuccessorGrace) {
+    spdlog::warn("successor still stopping {}ms after the drain deadline; exiting", kSuccessorGrace.count());
     finish_drain();
     return;
   }
@@ -447,17 +482,25 @@ int App::Impl::run() {
     spdlog::error("cannot write {}", options.bound_addresses_file);
   }
   wait_for_signal();
-  watchdog = os::watchdog_interval();
-  if (watchdog) {
-    for (std::size_t i = 0; i < pool.all().size(); ++i) {
-      worker_beats.push_back(std::make_unique<std::atomic<std::uint64_t>>(1));
-      beats_seen.push_back(0);
+  // A successor told to stop while it started (its predecessor got SIGTERM during the
+  // restart) must not become main: that would hand the stopping service to a process
+  // about to exit. Signals that arrived so far are handled here.
+  control.poll();
+  if (draining) {
+    spdlog::info("stop requested before this successor was ready: draining without taking over");
+  } else {
+    become_main();
+    watchdog = os::watchdog_interval();
+    if (watchdog) {
+      for (std::size_t i = 0; i < pool.all().size(); ++i) {
+        worker_beats.push_back(std::make_unique<std::atomic<std::uint64_t>>(1));
+        beats_seen.push_back(0);
+      }
+      pet_watchdog();
     }
-    pet_watchdog();
+    spdlog::info("echorelayd {} ready: {} listeners, {} workers, open files limit {}", kVersion, listeners.size(),
+                 pool.all().size(), fd_limit);
   }
-  become_main();
-  spdlog::info("echorelayd {} ready: {} listeners, {} workers, open files limit {}", kVersion, listeners.size(),
-               pool.all().size(), fd_limit);
 
   control.run();
 

@@ -48,7 +48,7 @@ std::uint64_t monotonic_usec() {
 }  // namespace
 
 struct Restarter::Impl : std::enable_shared_from_this<Impl> {
-  enum class State { Idle, Waiting, Done };
+  enum class State { Idle, Waiting, Stopping, Done };
 
   Impl(asio::io_context& c, std::string exe, std::vector<std::string> args, config::Duration t, Hooks h)
       : control(c), exe_path(std::move(exe)), argv(std::move(args)), timeout(t), hooks(std::move(h)), timer(c) {}
@@ -60,6 +60,9 @@ struct Restarter::Impl : std::enable_shared_from_this<Impl> {
   std::string reap_now();
   // Reaps the child without blocking the loop, then calls `done` with its status.
   void reap_then(int tries_left, std::function<void(const std::string&)> done);
+  // Stopping: polls for the successor's exit. The pipe's EOF cannot tell: a wrapper's
+  // children (a shell script's sleep) may hold its write end after the successor died.
+  void watch_exit();
 
   asio::io_context& control;
   std::string exe_path;
@@ -108,6 +111,20 @@ void Restarter::Impl::reap_then(int tries_left, std::function<void(const std::st
   });
 }
 
+void Restarter::Impl::watch_exit() {
+  int status = 0;
+  if (child > 0 && ::waitpid(child, &status, WNOHANG) == child) {
+    child = -1;
+    fail("successor " + describe_status(status) + " before it was ready");
+    return;
+  }
+  timer.expires_after(std::chrono::milliseconds(20));
+  timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (ec || self->state != State::Stopping || self->reaping) return;
+    self->watch_exit();
+  });
+}
+
 void Restarter::Impl::start() {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) {
@@ -143,7 +160,7 @@ void Restarter::Impl::start() {
     self->fail("successor not ready within " + std::to_string(self->timeout.count()) + "ms (" + status + ")");
   });
   asio::async_read_until(*pipe, line, '\n', [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-    if (self->state != State::Waiting) return;
+    if (self->state != State::Waiting && self->state != State::Stopping) return;
     std::string message;
     if (!ec) {
       std::istream in(&self->line);
@@ -171,9 +188,15 @@ void Restarter::Impl::succeed(pid_t pid) {
 }
 
 void Restarter::Impl::fail(const std::string& reason) {
+  const bool stopping = state == State::Stopping;
   state = State::Idle;
   timer.cancel();
   pipe.reset();
+  if (stopping) {
+    // Not a failure: we asked it to stop, and it did before it became main.
+    spdlog::info("hot restart abandoned: {}", reason);
+    return;
+  }
   spdlog::error("hot restart failed: {}; still serving", reason);
   hooks.on_failed(reason);
 }
@@ -184,7 +207,7 @@ Restarter::Restarter(asio::io_context& control, std::string exe_path, std::vecto
 
 Restarter::~Restarter() {
   // A successor still starting when we stop would be left half-ready with our sockets.
-  if (impl_->state == Impl::State::Waiting) impl_->reap_now();
+  if (impl_->state == Impl::State::Waiting || impl_->state == Impl::State::Stopping) impl_->reap_now();
 }
 
 void Restarter::request() {
@@ -192,8 +215,9 @@ void Restarter::request() {
     case Impl::State::Waiting:
       spdlog::info("SIGHUP: a restart is already in progress (successor pid {})", impl_->child);
       return;
+    case Impl::State::Stopping:
     case Impl::State::Done:
-      spdlog::info("SIGHUP: already handed over; this process is draining");
+      spdlog::info("SIGHUP: this process is stopping");
       return;
     case Impl::State::Idle:
       break;
@@ -203,5 +227,17 @@ void Restarter::request() {
 }
 
 bool Restarter::busy() const { return impl_->state != Impl::State::Idle; }
+
+void Restarter::abort() {
+  if (impl_->state != Impl::State::Waiting || impl_->reaping) return;
+  impl_->state = Impl::State::Stopping;
+  ::kill(impl_->child, SIGTERM);
+  spdlog::info("stop requested during a hot restart: successor pid {} told to stop", impl_->child);
+  // Its restart_timeout no longer applies: it takes as long as its drain takes, and
+  // the caller bounds that by its own drain deadline.
+  impl_->watch_exit();
+}
+
+bool Restarter::successor_stopping() const { return impl_->state == Impl::State::Stopping; }
 
 }  // namespace echorelay::lifecycle

@@ -5,6 +5,8 @@
 //
 //   Idle --request()--> Waiting --READY--> Done (we drain as a former main process)
 //                          |  \--FAILED/EOF/timeout--> Idle (successor killed, reaped)
+//                          \--abort()--> Stopping --READY--> Done (it became main, then drains)
+//                                           \--FAILED/EOF--> Idle (it drained and exited)
 #pragma once
 
 #include <sys/types.h>
@@ -38,6 +40,12 @@ class Restarter {
   // SIGHUP. Ignored (logged) while an attempt runs or after a successful handover.
   void request();
   bool busy() const;
+  // SIGTERM/SIGINT while a successor is starting: the stop wins over the restart. The
+  // successor is told to stop too (SIGTERM, so it drains whatever it already accepted
+  // instead of losing it) and is reaped when it exits; no failure is reported.
+  void abort();
+  // An aborted successor has not exited yet: the caller should not exit before it.
+  bool successor_stopping() const;
 
  private:
   struct Impl;

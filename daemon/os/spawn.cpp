@@ -77,9 +77,22 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
   std::vector<int> moved(sources.size(), -1);
   std::string path = request.path;
 
+  // The child starts with our signal handlers, whose pipe is shared with us: a signal
+  // sent to the child before it resets them would be taken for one sent to us (a
+  // SIGTERM during a restart read as a second, "close everything now", SIGTERM). Block
+  // everything across fork; the child unblocks only after resetting the handlers.
+  sigset_t all;
+  sigset_t previous;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &previous);
   const pid_t pid = ::fork();
-  if (pid < 0) return make_error("fork: " + net::errno_text(errno));
-  if (pid == 0) {
+  if (pid != 0) {
+    const int fork_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    if (pid < 0) return make_error("fork: " + net::errno_text(fork_errno));
+    return pid;
+  }
+  {
     // Child: async-signal-safe calls only from here on.
     // First move every source above the target range, so no dup2 overwrites a source
     // that is still to be placed (a source may already sit at 3..3+n-1).
@@ -102,7 +115,6 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
     ::execve(path.c_str(), argv.data(), envp.data());
     ::_exit(127);
   }
-  return pid;
 }
 
 }  // namespace echorelay::os

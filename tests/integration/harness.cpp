@@ -185,12 +185,12 @@ std::string unique_name(std::string_view prefix) {
   return std::string(prefix) + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
 }
 
-bool wait_until(const std::function<bool()>& condition, Millis timeout) {
+bool wait_until(const std::function<bool()>& condition, Millis timeout, Millis interval) {
   auto deadline = Clock::now() + timeout;
   for (;;) {
     if (condition()) return true;
     if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(interval);
   }
 }
 

@@ -74,7 +74,7 @@ class TempDir {
 std::string unique_name(std::string_view prefix);
 
 // Polls `condition` every few milliseconds until it holds or `timeout` expires.
-bool wait_until(const std::function<bool()>& condition, Millis timeout = kIoTimeout);
+bool wait_until(const std::function<bool()>& condition, Millis timeout = kIoTimeout, Millis interval = Millis(10));
 
 std::string read_file(const std::string& path);
 // The lines of `text` without their '\n'.

@@ -252,5 +252,139 @@ TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServ
   EXPECT_TRUE(echo_line(c.get(), "successor serves\n"));
 }
 
+// What the service manager saw from `from` on, for a stop during a restart: the old
+// process said STOPPING=1 and nobody said READY=1 after it, except a successor that
+// became main (MAINPID=) and then said STOPPING=1 itself.
+void expect_stop_wins(NotifySocket& notify, std::size_t from, pid_t old_pid, pid_t successor) {
+  auto stopping = notify.wait_for([&](const Notice& n) { return n.has("STOPPING=1") && n.sender == old_pid; }, from,
+                                  3000ms);
+  ASSERT_TRUE(stopping) << notify.dump();
+  bool successor_main = false;
+  for (std::size_t i = from; i < notify.size(); ++i) {
+    const Notice& n = notify.at(i);
+    if (n.value("MAINPID") == std::optional<std::string>(std::to_string(successor))) successor_main = true;
+    if (i > *stopping && n.has("READY=1")) {
+      EXPECT_EQ(n.sender, successor) << "READY=1 after STOPPING=1: " << n.text;
+      EXPECT_TRUE(successor_main) << "READY=1 without MAINPID: " << n.text;
+    }
+  }
+  if (successor_main) {
+    EXPECT_TRUE(notify.wait_for([&](const Notice& n) { return n.has("STOPPING=1") && n.sender == successor; }, from,
+                                5000ms))
+        << "a successor that became main must say it stops: " << notify.dump();
+  }
+}
+
+// SIGTERM while the successor is still starting (here: a binary that takes 3 s to
+// start): the stop wins. The successor is told to stop, the old process drains and
+// exits 0 at once instead of waiting for restart_timeout, and no "reload failed"
+// READY=1 follows its STOPPING=1.
+TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure) {
+  TempDir bin_dir;
+  const std::string binary = bin_dir.file("echorelayd");
+  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
+  ServiceUnderTest::Options options;
+  options.binary = binary;
+  ServiceUnderTest svc(failure_config(true), options);
+  ASSERT_TRUE(svc.start());
+  const pid_t pid = svc.main_pid();
+  Fd idle = connect_to(svc.address("tcp"));
+  ASSERT_TRUE(idle);
+  ASSERT_TRUE(echo_line(idle.get(), "before\n"));
+
+  ASSERT_TRUE(replace_with_script(binary, std::string("#!/bin/sh\nsleep 3\nexec ") + ECHORELAYD_PATH + " \"$@\"\n"));
+  const std::size_t from = svc.notify().size();
+  ASSERT_TRUE(svc.signal(SIGHUP));
+  ASSERT_TRUE(svc.notify().wait_line("RELOADING=1", from, 3000ms));
+  pid_t successor = 0;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto children = children_of(pid);
+        if (!children.empty()) successor = children.front();
+        return successor != 0;
+      },
+      3000ms));
+
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(svc.signal(SIGTERM));
+  EXPECT_TRUE(expect_closed(idle.get())) << "the idle connection is drained";
+  idle.reset();
+  EXPECT_EQ(svc.wait_first_exit(3000ms), std::optional<int>(0));
+  EXPECT_LT(Clock::now() - t0, 2500ms) << "waited for the successor instead of stopping it";
+  EXPECT_TRUE(wait_gone(successor, 1000ms).gone) << "successor left running";
+  expect_stop_wins(svc.notify(), from, pid, successor);
+  EXPECT_NE(svc.log().find("hot restart abandoned"), std::string::npos);
+  EXPECT_EQ(svc.log().find("hot restart failed"), std::string::npos);
+}
+
+// SIGTERM to the old process while the real successor has its listeners open (its
+// signal handlers too) but has not reported ready: the successor is frozen there with
+// SIGSTOP, so the stop lands in that window every time. Both processes drain and exit
+// 0, the successor never becomes main, a request in flight on the old process is
+// answered, and no READY=1 follows STOPPING=1.
+TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMain) {
+  for (int attempt = 1;; ++attempt) {
+    SCOPED_TRACE("attempt " + std::to_string(attempt));
+    ServiceUnderTest svc(failure_config(true));
+    ASSERT_TRUE(svc.start());
+    const pid_t pid = svc.main_pid();
+    Fd busy = connect_to(svc.address("tcp"));
+    ASSERT_TRUE(busy);
+    ASSERT_TRUE(echo_line(busy.get(), "before\n"));
+    ASSERT_TRUE(send_all(busy.get(), "half a "));
+
+    const std::size_t from = svc.notify().size();
+    ASSERT_TRUE(svc.signal(SIGHUP));
+    pid_t successor = 0;
+    auto logged = [&](const std::string& what) {
+      return svc.log().find("[" + std::to_string(successor) + "] " + what) != std::string::npos;
+    };
+    ASSERT_TRUE(wait_until(
+        [&] {
+          if (successor == 0) {
+            auto children = children_of(pid);
+            if (!children.empty()) successor = children.front();
+          }
+          if (successor == 0 || !logged("listening on")) return false;
+          ::kill(successor, SIGSTOP);
+          return true;
+        },
+        5000ms, 1ms))
+        << "successor never opened its listeners";
+    // Frozen; had it reported ready already, the window was missed: try again.
+    std::this_thread::sleep_for(100ms);
+    const bool too_late = logged("echorelayd") || svc.log().find("handover done") != std::string::npos;
+    if (too_late && attempt < 5) {
+      ::kill(successor, SIGCONT);
+      continue;
+    }
+    ASSERT_FALSE(too_late) << "the successor was ready before it could be stopped, 5 times";
+
+    ASSERT_TRUE(svc.signal(SIGTERM));
+    ASSERT_TRUE(wait_until([&] { return svc.log().find("told to stop") != std::string::npos; }, 3000ms));
+    ::kill(successor, SIGCONT);
+
+    // The request in flight on the old process is finished and answered, then closed.
+    ASSERT_TRUE(send_all(busy.get(), "request\n"));
+    EXPECT_EQ(recv_exact(busy.get(), 15, 3000ms), "half a request\n");
+    EXPECT_TRUE(expect_closed(busy.get()));
+    busy.reset();
+
+    EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+    EXPECT_TRUE(logged("stop requested before this successor was ready")) << svc.log();
+    EXPECT_NE(svc.log().find("hot restart abandoned: successor exited with status 0"), std::string::npos)
+        << svc.log();
+    // The old process waited for the successor's own exit, not for its grace period.
+    EXPECT_EQ(svc.log().find("successor still stopping"), std::string::npos) << svc.log();
+    EXPECT_TRUE(wait_gone(successor, 1000ms).gone) << "successor left running";
+    expect_stop_wins(svc.notify(), from, pid, successor);
+    for (std::size_t i = from; i < svc.notify().size(); ++i)
+      EXPECT_NE(svc.notify().at(i).sender, successor) << "a successor that never became main spoke: "
+                                                        << svc.notify().at(i).text;
+    EXPECT_EQ(svc.log().find("hot restart failed"), std::string::npos);
+    return;
+  }
+}
+
 }  // namespace
 }  // namespace echorelay::test
