@@ -139,6 +139,8 @@ struct App::Impl {
   bool is_main = true;
   bool draining = false;
   bool stop_signalled = false;  // a second SIGTERM/SIGINT closes everything at once
+  bool ready = false;            // READY=1 sent (become_main ran)
+  bool restart_when_ready = false;
   bool forced = false;
 };
 
@@ -248,6 +250,7 @@ std::string App::Impl::status_line() const {
 // supervisor or systemd follows MAINPID), the fd store, then the predecessor.
 void App::Impl::become_main() {
   is_main = true;
+  ready = true;
   const pid_t pid = ::getpid();
   if (!config.daemon.pid_file.empty() && !write_atomically(config.daemon.pid_file, std::to_string(pid) + "\n")) {
     spdlog::error("cannot write pid file {}", config.daemon.pid_file);
@@ -320,8 +323,11 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
     case SIGHUP:
       if (draining) {
         spdlog::info("SIGHUP while draining: ignored");
-      } else if (!is_main) {
-        spdlog::info("SIGHUP before this successor was ready: ignored");
+      } else if (!ready) {
+        // Restarting a process that has not reported ready would hand over half a
+        // start-up; the restart follows the readiness instead.
+        spdlog::info("SIGHUP before ready: restarting once ready");
+        restart_when_ready = true;
       } else {
         restarter->request();
       }
@@ -500,6 +506,7 @@ int App::Impl::run() {
     }
     spdlog::info("echorelayd {} ready: {} listeners, {} workers, open files limit {}", kVersion, listeners.size(),
                  pool.all().size(), fd_limit);
+    if (restart_when_ready) restarter->request();
   }
 
   control.run();

@@ -386,5 +386,51 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
   }
 }
 
+// SIGHUP while the first process is still starting (frozen with SIGSTOP after its
+// listeners opened, before READY=1): it is not lost and not acted on half-started; the
+// process reports ready first, then restarts.
+TEST(RestartAbort, SighupBeforeReadyRestartsOnceReady) {
+  for (int attempt = 1;; ++attempt) {
+    SCOPED_TRACE("attempt " + std::to_string(attempt));
+    ServiceUnderTest::Options options;
+    ServiceUnderTest* self = nullptr;
+    bool in_window = false;
+    options.after_spawn = [&] {
+      const pid_t pid = self->first_pid();
+      const std::string prefix = "[" + std::to_string(pid) + "] ";
+      if (!wait_until(
+              [&] {
+                if (self->log().find(prefix + "listening on") == std::string::npos) return false;
+                ::kill(pid, SIGSTOP);
+                return true;
+              },
+              5000ms, 1ms))
+        return;
+      std::this_thread::sleep_for(50ms);
+      in_window = self->log().find(prefix + "echorelayd") == std::string::npos;
+      if (in_window) ::kill(pid, SIGHUP);
+      ::kill(pid, SIGCONT);
+    };
+    ServiceUnderTest svc(failure_config(true), options);
+    self = &svc;
+    ASSERT_TRUE(svc.start());
+    if (!in_window && attempt < 5) continue;
+    ASSERT_TRUE(in_window) << "the process was ready before it could be stopped, 5 times";
+    const pid_t first = svc.first_pid();
+    auto ready = svc.notify().wait_line("READY=1", 0, 0ms);
+    ASSERT_TRUE(ready);
+    EXPECT_EQ(svc.notify().at(*ready).sender, first);
+    auto reloading = svc.notify().wait_line("RELOADING=1", 0, 5000ms);
+    ASSERT_TRUE(reloading) << svc.notify().dump();
+    EXPECT_GT(*reloading, *ready) << "restarted before it was ready";
+    auto successor_ready = svc.notify().wait_for(
+        [&](const Notice& n) { return n.has("READY=1") && n.sender != first && n.value("MAINPID"); }, *reloading,
+        10000ms);
+    ASSERT_TRUE(successor_ready) << svc.notify().dump();
+    EXPECT_NE(svc.log().find("SIGHUP before ready: restarting once ready"), std::string::npos) << svc.log();
+    return;
+  }
+}
+
 }  // namespace
 }  // namespace echorelay::test
