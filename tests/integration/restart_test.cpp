@@ -196,18 +196,29 @@ void expect_failed_restart(ServiceUnderTest& svc, int persistent_fd, pid_t pid, 
   EXPECT_TRUE(wait_until([&] { return children_of(pid).empty(); }, 3000ms)) << "successor left running";
 }
 
+// Runs the service from a copy of the binary, which the test then replaces on disk.
+ServiceUnderTest::Options from_copied_binary(const TempDir& bin_dir) {
+  ServiceUnderTest::Options options;
+  options.binary = bin_dir.file("echorelayd");
+  EXPECT_TRUE(replace_file(ECHORELAYD_PATH, options.binary));
+  return options;
+}
+
+// A connection to the "tcp" listener that has been answered once.
+Fd answered_connection(const ServiceUnderTest& svc) {
+  Fd c = connect_to(svc.address("tcp"));
+  if (c && !echo_line(c.get(), "before\n")) c.reset();
+  return c;
+}
+
 TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServing) {
   TempDir bin_dir;
-  const std::string binary = bin_dir.file("echorelayd");
-  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
-  ServiceUnderTest::Options options;
-  options.binary = binary;
-  ServiceUnderTest svc(failure_config(true), options);
+  ServiceUnderTest svc(failure_config(true), from_copied_binary(bin_dir));
+  const std::string binary = svc.options().binary;
   ASSERT_TRUE(svc.start());
   const pid_t pid = svc.main_pid();
-  Fd persistent = connect_to(svc.address("tcp"));
+  Fd persistent = answered_connection(svc);
   ASSERT_TRUE(persistent);
-  ASSERT_TRUE(echo_line(persistent.get(), "before\n"));
 
   // 1. A config that does not parse: the successor exits 78 (EX_CONFIG).
   svc.write_config(failure_config(false));
@@ -281,16 +292,12 @@ void expect_stop_wins(NotifySocket& notify, std::size_t from, pid_t old_pid, pid
 // READY=1 follows its STOPPING=1.
 TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure) {
   TempDir bin_dir;
-  const std::string binary = bin_dir.file("echorelayd");
-  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
-  ServiceUnderTest::Options options;
-  options.binary = binary;
-  ServiceUnderTest svc(failure_config(true), options);
+  ServiceUnderTest svc(failure_config(true), from_copied_binary(bin_dir));
+  const std::string binary = svc.options().binary;
   ASSERT_TRUE(svc.start());
   const pid_t pid = svc.main_pid();
-  Fd idle = connect_to(svc.address("tcp"));
+  Fd idle = answered_connection(svc);
   ASSERT_TRUE(idle);
-  ASSERT_TRUE(echo_line(idle.get(), "before\n"));
 
   ASSERT_TRUE(replace_with_script(binary, std::string("#!/bin/sh\nsleep 3\nexec ") + ECHORELAYD_PATH + " \"$@\"\n"));
   const std::size_t from = svc.notify().size();
@@ -328,9 +335,8 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
     ServiceUnderTest svc(failure_config(true));
     ASSERT_TRUE(svc.start());
     const pid_t pid = svc.main_pid();
-    Fd busy = connect_to(svc.address("tcp"));
+    Fd busy = answered_connection(svc);
     ASSERT_TRUE(busy);
-    ASSERT_TRUE(echo_line(busy.get(), "before\n"));
     ASSERT_TRUE(send_all(busy.get(), "half a "));
 
     const std::size_t from = svc.notify().size();
