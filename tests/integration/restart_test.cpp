@@ -392,32 +392,40 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
   }
 }
 
-// SIGHUP while the first process is still starting (frozen with SIGSTOP after its
-// listeners opened, before READY=1): it is not lost and not acted on half-started; the
-// process reports ready first, then restarts.
+// Options whose after_spawn freezes the first process (SIGSTOP) once its listeners are
+// open, sends it `signo` there if it has not reported ready yet, and lets it go on.
+// `in_window` tells whether the signal landed before READY=1.
+ServiceUnderTest::Options signal_while_starting(ServiceUnderTest*& svc, int signo, bool& in_window) {
+  ServiceUnderTest::Options options;
+  options.after_spawn = [&svc, signo, &in_window] {
+    const pid_t pid = svc->first_pid();
+    const std::string prefix = "[" + std::to_string(pid) + "] ";
+    in_window = false;
+    if (!wait_until(
+            [&] {
+              if (svc->log().find(prefix + "listening on") == std::string::npos) return false;
+              ::kill(pid, SIGSTOP);
+              return true;
+            },
+            5000ms, 1ms))
+      return;
+    std::this_thread::sleep_for(50ms);
+    in_window = svc->log().find(prefix + "echorelayd") == std::string::npos;
+    if (in_window) ::kill(pid, signo);
+    ::kill(pid, SIGCONT);
+  };
+  return options;
+}
+
+// SIGHUP while the first process is still starting (frozen between opening its
+// listeners and READY=1): not lost and not acted on half-started; the process reports
+// ready first, then restarts.
 TEST(RestartAbort, SighupBeforeReadyRestartsOnceReady) {
   for (int attempt = 1;; ++attempt) {
     SCOPED_TRACE("attempt " + std::to_string(attempt));
-    ServiceUnderTest::Options options;
     ServiceUnderTest* self = nullptr;
     bool in_window = false;
-    options.after_spawn = [&] {
-      const pid_t pid = self->first_pid();
-      const std::string prefix = "[" + std::to_string(pid) + "] ";
-      if (!wait_until(
-              [&] {
-                if (self->log().find(prefix + "listening on") == std::string::npos) return false;
-                ::kill(pid, SIGSTOP);
-                return true;
-              },
-              5000ms, 1ms))
-        return;
-      std::this_thread::sleep_for(50ms);
-      in_window = self->log().find(prefix + "echorelayd") == std::string::npos;
-      if (in_window) ::kill(pid, SIGHUP);
-      ::kill(pid, SIGCONT);
-    };
-    ServiceUnderTest svc(failure_config(true), options);
+    ServiceUnderTest svc(failure_config(true), signal_while_starting(self, SIGHUP, in_window));
     self = &svc;
     ASSERT_TRUE(svc.start());
     if (!in_window && attempt < 5) continue;
@@ -434,6 +442,29 @@ TEST(RestartAbort, SighupBeforeReadyRestartsOnceReady) {
         10000ms);
     ASSERT_TRUE(successor_ready) << svc.notify().dump();
     EXPECT_NE(svc.log().find("SIGHUP before ready: restarting once ready"), std::string::npos) << svc.log();
+    return;
+  }
+}
+
+// SIGTERM in the same window: the process never reports READY=1 (the service manager
+// would take it for started), says STOPPING=1, removes its Unix socket file and exits 0.
+TEST(RestartAbort, SigtermBeforeReadyStopsWithoutReportingReady) {
+  for (int attempt = 1;; ++attempt) {
+    SCOPED_TRACE("attempt " + std::to_string(attempt));
+    TempDir sockets;
+    const std::string unix_path = sockets.file("starting.sock");
+    ServiceUnderTest* self = nullptr;
+    bool in_window = false;
+    ServiceUnderTest svc(tcp_unix_udp_config(unix_path), signal_while_starting(self, SIGTERM, in_window));
+    self = &svc;
+    const bool started = svc.start();
+    if (!in_window && attempt < 5) continue;
+    ASSERT_TRUE(in_window) << "the process was ready before it could be stopped, 5 times";
+    EXPECT_FALSE(started) << "reported ready after SIGTERM";
+    EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
+    EXPECT_TRUE(svc.notify().wait_line("STOPPING=1", 0, 0ms)) << svc.notify().dump();
+    EXPECT_FALSE(svc.notify().wait_line("READY=1", 0, 0ms)) << svc.notify().dump();
+    EXPECT_FALSE(exists(unix_path)) << "socket file left behind";
     return;
   }
 }
