@@ -190,6 +190,16 @@ struct Parser {
     return "must be between " + min_text + " and " + max_text + " (got " + got + ")";
   }
 
+  // TCP keepalive counts whole seconds: "500ms" would silently become 0, i.e. off.
+  std::optional<Duration> keepalive_of(const toml::node& n, const std::string& key) {
+    auto d = duration_of(n, key);
+    if (d && d->count() % 1000 != 0) {
+      error(n.source().begin, key, "keepalive is set in whole seconds (\"0s\" is off)");
+      return std::nullopt;
+    }
+    return d;
+  }
+
   std::optional<Duration> duration_of(const toml::node& n, const std::string& key, bool positive = false) {
     auto* s = n.as_string();
     if (s == nullptr) {
@@ -395,7 +405,7 @@ const ListenerKey kListenerKeys[] = {
     {"reuse_port", kTcp, Scope::AnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.reuse_port, p.bool_of(v, k)); }},
     {"keepalive", kTcp, Scope::AnyHandler,
-     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.keepalive, p.duration_of(v, k)); }},
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.keepalive, p.keepalive_of(v, k)); }},
     {"nodelay", kTcp, Scope::AnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.nodelay, p.bool_of(v, k)); }},
     {"linger", kTcp, Scope::AnyHandler,
@@ -513,17 +523,20 @@ const ListenerKey kListenerKeys[] = {
          }
        });
      }},
-    {"balance", kAnyProtocol, Scope::Relay,
+    // A multicast relay sends every datagram to every upstream: nothing to balance.
+    {"balance", kTcp | kUnix | kUdp, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.balance, p.enum_of(v, k, kBalances)); }},
-    {"connect_timeout", kAnyProtocol, Scope::Relay,
+    // Dialing, idling and keepalive are TCP connection matters; a UDP relay's
+    // sessions have session_timeout instead.
+    {"connect_timeout", kTcp | kUnix, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.connect_timeout, p.duration_of(v, k, true));
      }},
-    {"idle_timeout", kAnyProtocol, Scope::Relay,
+    {"idle_timeout", kTcp | kUnix, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.idle_timeout, p.duration_of(v, k)); }},
-    {"upstream_keepalive", kAnyProtocol, Scope::Relay,
+    {"upstream_keepalive", kTcp | kUnix, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
-       p.set(l.upstream_keepalive, p.duration_of(v, k));
+       p.set(l.upstream_keepalive, p.keepalive_of(v, k));
      }},
     // A bare IP is the common case: the kernel picks the source port.
     {"source_address", kAnyProtocol, Scope::Relay,
@@ -547,19 +560,20 @@ const ListenerKey kListenerKeys[] = {
          l.source_address = *ep;
        }
      }},
-    {"fallback_delay", kAnyProtocol, Scope::Relay,
+    {"fallback_delay", kTcp | kUnix, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.fallback_delay, p.duration_of(v, k)); }},
     {"proxy_protocol", kAnyProtocol, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.proxy_protocol, p.enum_of(v, k, kProxyProtocols));
      }},
-    {"splice", kTcp | kUnix, Scope::Relay,
+    // splice(2) runs where both ends are TCP (tcp_relay.cpp); a Unix client never splices.
+    {"splice", kTcp, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.splice, p.bool_of(v, k)); }},
-    {"session_timeout", kUdp | kMcast, Scope::Relay,
+    {"session_timeout", kUdp, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.session_timeout, p.duration_of(v, k, true));
      }},
-    {"max_sessions", kUdp | kMcast, Scope::Relay,
+    {"max_sessions", kUdp, Scope::Relay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.max_sessions, p.int_of(v, k, 0, kInt64Max));
      }},
@@ -747,6 +761,25 @@ void Parser::validate(Config& config) {
             error(at(key), prefix + "." + std::string(key),
                   std::string(key) + " does not apply to an abstract socket (" + quoted(l.address) +
                       " has no file)");
+          }
+        }
+      }
+    }
+
+    if (meta.protocol_ok && l.protocol == Protocol::Multicast) {
+      // Every socket bound to the group's port gets its own copy of each datagram.
+      if (l.sockets > 1) {
+        error(at("sockets"), prefix + ".sockets",
+              "a multicast listener has one socket: each of " + std::to_string(l.sockets) +
+                  " sockets would receive (and answer) every datagram");
+      }
+      if (meta.handler_ok && l.handler == Handler::Relay) {
+        for (std::string_view key : {"workers", "queue"}) {
+          if (meta.keys.count(key) != 0) {
+            error(at(key), prefix + "." + std::string(key),
+                  std::string(key) +
+                      " does not apply to a multicast relay: its reader sends every datagram to every "
+                      "upstream itself");
           }
         }
       }

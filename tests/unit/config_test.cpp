@@ -559,7 +559,7 @@ address = ":53"
 handler = "relay"
 upstreams = ["resolver.example:53", "/tmp/x.sock", "bad host:1", "10.0.0.1:0"]
 balance = "least-connection"
-connect_timeout = "0s"
+connect_timeout = "3s"
 source_address = "10.0.0.1"
 proxy_protocol = "v3"
 session_timeout = "30s"
@@ -570,9 +570,73 @@ max_sessions = -1
                 R"(t.toml:6:52: listener[0].upstreams[2]: "bad host:1": invalid host)",
                 R"(t.toml:6:66: listener[0].upstreams[3]: "10.0.0.1:0": an upstream needs a port other than 0)",
                 R"(t.toml:7:11: listener[0].balance: "least-connection" is not one of round-robin, least-connections or random (did you mean "least-connections"?))",
-                R"(t.toml:8:19: listener[0].connect_timeout: must be longer than 0s)",
+                R"(t.toml:8:1: listener[0].connect_timeout: connect_timeout does not apply to protocol = "udp")",
                 R"(t.toml:10:18: listener[0].proxy_protocol: "v3" is not one of off, v1 or v2 (did you mean "v1"?))",
                 R"(t.toml:12:16: listener[0].max_sessions: must be at least 0 (got -1))",
+            }));
+}
+
+// Keys the handler would ignore on this kind of listener are refused, not accepted and
+// dropped: dialing keys on a UDP relay, sessions and a pool on a multicast relay (it
+// fans out from its reader), extra sockets on a group, splice without TCP, and a
+// keepalive the kernel would truncate to whole seconds.
+TEST(Config, KeysAHandlerWouldIgnoreAreRefused) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "u"
+protocol = "udp"
+address = ":53"
+handler = "relay"
+upstreams = ["10.0.0.1:53"]
+idle_timeout = "1m"
+upstream_keepalive = "30s"
+fallback_delay = "100ms"
+[[listener]]
+name = "m"
+protocol = "multicast"
+address = "239.1.1.1:9"
+handler = "relay"
+upstreams = ["10.0.0.1:9"]
+balance = "random"
+session_timeout = "10s"
+max_sessions = 10
+workers = 2
+queue = 64
+sockets = 2
+[[listener]]
+name = "x"
+protocol = "unix"
+address = "/run/x.sock"
+handler = "relay"
+upstreams = ["10.0.0.1:7"]
+splice = true
+[[listener]]
+name = "t"
+protocol = "tcp"
+address = ":7"
+keepalive = "500ms"
+[[listener]]
+name = "r"
+protocol = "tcp"
+address = ":8"
+handler = "relay"
+upstreams = ["10.0.0.1:7"]
+upstream_keepalive = "1500ms"
+connect_timeout = "0s"
+)"),
+            (Lines{
+                R"(t.toml:7:1: listener[0].idle_timeout: idle_timeout does not apply to protocol = "udp")",
+                R"(t.toml:8:1: listener[0].upstream_keepalive: upstream_keepalive does not apply to protocol = "udp")",
+                R"(t.toml:9:1: listener[0].fallback_delay: fallback_delay does not apply to protocol = "udp")",
+                R"(t.toml:16:1: listener[1].balance: balance does not apply to protocol = "multicast")",
+                R"(t.toml:17:1: listener[1].session_timeout: session_timeout does not apply to protocol = "multicast")",
+                R"(t.toml:18:1: listener[1].max_sessions: max_sessions does not apply to protocol = "multicast")",
+                R"(t.toml:19:11: listener[1].workers: workers does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
+                R"(t.toml:20:9: listener[1].queue: queue does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
+                R"(t.toml:21:11: listener[1].sockets: a multicast listener has one socket: each of 2 sockets would receive (and answer) every datagram)",
+                R"(t.toml:28:1: listener[2].splice: splice does not apply to protocol = "unix")",
+                R"(t.toml:33:13: listener[3].keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:40:22: listener[4].upstream_keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:41:19: listener[4].connect_timeout: must be longer than 0s)",
             }));
 }
 
