@@ -70,6 +70,7 @@ std::size_t SourceLimiter::KeyHash::operator()(const Key& k) const {
 
 bool SourceLimiter::admit(const sockaddr_storage& addr, Clock::time_point now) {
   const Key key = make_key(addr);
+  std::lock_guard lock(mutex_);
   auto it = buckets_.find(key);
   if (it == buckets_.end()) {
     if (buckets_.size() >= kSourceSoftCap) sweep(now);
@@ -109,14 +110,18 @@ void SourceLimiter::sweep(Clock::time_point now) {
   if (buckets_.size() >= kSourceHardCap) buckets_.clear();
 }
 
-bool SourcePolicy::admit(SourceLimiter& limiter, const sockaddr_storage& from, Clock::time_point now,
-                         obs::ListenerCounters& counters) const {
+void SourcePolicy::set_rate(std::uint32_t datagrams_per_second) {
+  rate = datagrams_per_second;
+  limiter = rate != 0 ? std::make_unique<SourceLimiter>(rate) : nullptr;
+}
+
+bool SourcePolicy::admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const {
   if (denied_ports.test(source_port(from))) {
     counters.drop(obs::Drop::DeniedPort);
     counters.refuse(obs::Refuse::DeniedPort);
     return false;
   }
-  if (rate != 0 && !limiter.admit(from, now)) {
+  if (limiter && !limiter->admit(from, now)) {
     counters.drop(obs::Drop::RateLimited);
     counters.refuse(obs::Refuse::RateLimited);
     return false;

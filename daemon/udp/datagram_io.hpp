@@ -56,9 +56,10 @@ class WarnGate {
 
 std::uint16_t source_port(const sockaddr_storage& addr);
 
-// Token bucket per source address (port ignored). Not thread-safe: owned by one reader
-// thread (with SO_REUSEPORT the kernel hashes a source to one socket, so no lock is
-// needed).
+// Token buckets per source address (rate datagrams/s, burst of one second's worth),
+// shared by all of a listener's reader threads: with SO_REUSEPORT the kernel hashes
+// each source address *and port* to a socket, so one host's ports spread over the
+// sockets and a per-socket limit would let it send `sockets` times the rate.
 class SourceLimiter {
  public:
   explicit SourceLimiter(std::uint32_t rate);
@@ -84,18 +85,21 @@ class SourceLimiter {
 
   std::uint32_t rate_;
   std::uint64_t seed_;
+  std::mutex mutex_;
   std::unordered_map<Key, Bucket, KeyHash> buckets_;
   Clock::time_point next_sweep_{};
 };
 
 // The client checks both servers apply before a datagram is served: a denied source
 // port, then the per-source rate (0 = off). A refusal bumps the drop and refuse
-// counters. `limiter` belongs to the calling reader thread.
+// counters. One per listener; any of its reader threads may call admit().
 struct SourcePolicy {
   std::bitset<65536> denied_ports;
   std::uint32_t rate = 0;
-  bool admit(SourceLimiter& limiter, const sockaddr_storage& from, Clock::time_point now,
-             obs::ListenerCounters& counters) const;
+  std::unique_ptr<SourceLimiter> limiter;  // set when rate != 0
+
+  void set_rate(std::uint32_t datagrams_per_second);
+  bool admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const;
 };
 
 // Turns on IP_PKTINFO / IPV6_RECVPKTINFO so each datagram reports the address it was

@@ -109,20 +109,34 @@ Result<void> join_multicast(int fd, const config::Listener& listener) {
   }
   if (joined == 0) return make_error(first_error);
 
+  const int off = 0;
+  // Deliver only the groups this socket joined, not every group any socket on the host
+  // joined (Linux's default for a wildcard-bound socket).
+  if (v6) {
+    if (auto r = set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_ALL, &off, sizeof off, "IPV6_MULTICAST_ALL", group); !r)
+      return r;
+  } else {
+    if (auto r = set_option(fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof off, "IP_MULTICAST_ALL", group); !r)
+      return r;
+  }
+  return set_multicast_sending(fd, v6 ? AF_INET6 : AF_INET, listener);
+}
+
+Result<void> set_multicast_sending(int fd, int family, const config::Listener& listener) {
+  const std::string& group = listener.address;
   const int hops = listener.ttl;
   const int loop = listener.loopback ? 1 : 0;
-  const int off = 0;
-  if (v6) {
+  int index = 0;
+  if (!listener.interface.empty()) {
+    index = static_cast<int>(::if_nametoindex(listener.interface.c_str()));
+    if (index == 0) return make_error("interface " + listener.interface + ": " + errno_text(errno));
+  }
+  if (family == AF_INET6) {
     if (auto r = set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof hops, "IPV6_MULTICAST_HOPS", group); !r)
       return r;
     if (auto r = set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &loop, sizeof loop, "IPV6_MULTICAST_LOOP", group); !r)
       return r;
-    // Deliver only the groups this socket joined, not every group any socket on the
-    // host joined (Linux's default for a wildcard-bound socket).
-    if (auto r = set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_ALL, &off, sizeof off, "IPV6_MULTICAST_ALL", group); !r)
-      return r;
-    if (!listener.interface.empty()) {
-      const int index = static_cast<int>(targets.front().index);
+    if (index != 0) {
       if (auto r = set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &index, sizeof index, "IPV6_MULTICAST_IF", group); !r)
         return r;
     }
@@ -131,11 +145,9 @@ Result<void> join_multicast(int fd, const config::Listener& listener) {
       return r;
     if (auto r = set_option(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop, "IP_MULTICAST_LOOP", group); !r)
       return r;
-    if (auto r = set_option(fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof off, "IP_MULTICAST_ALL", group); !r)
-      return r;
-    if (!listener.interface.empty()) {
+    if (index != 0) {
       ip_mreqn mreq{};
-      mreq.imr_ifindex = static_cast<int>(targets.front().index);
+      mreq.imr_ifindex = index;
       if (auto r = set_option(fd, IPPROTO_IP, IP_MULTICAST_IF, &mreq, sizeof mreq, "IP_MULTICAST_IF", group); !r)
         return r;
     }

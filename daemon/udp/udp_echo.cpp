@@ -51,10 +51,9 @@ struct EchoServer::Impl {
   };
 
   struct Reader {
-    explicit Reader(int socket, std::uint32_t rate) : fd(socket), limiter(rate) {}
+    explicit Reader(int socket) : fd(socket) {}
     int fd;
     std::thread thread;
-    SourceLimiter limiter;
     std::array<std::uint32_t, kBatch> reserved{};
     std::array<mmsghdr, kBatch> msgs{};
     std::array<iovec, kBatch> iov{};
@@ -75,7 +74,7 @@ struct EchoServer::Impl {
         sockets_(std::move(sockets)),
         counters_(counters) {
     for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
-    policy_.rate = rate_;
+    policy_.set_rate(rate_);
     // MAP_NORESERVE: a large queue costs address space only; pages are committed as
     // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
     buffer_bytes_ = static_cast<std::size_t>(capacity_) * max_datagram_;
@@ -117,7 +116,7 @@ struct EchoServer::Impl {
       });
     }
     for (std::size_t i = 0; i < sockets_.size(); ++i) {
-      auto reader = std::make_unique<Reader>(sockets_[i], rate_);
+      auto reader = std::make_unique<Reader>(sockets_[i]);
       reader->scratch = std::make_unique<std::byte[]>(max_datagram_);
       if (worker_count_ == 1) reader->sender = std::make_unique<Sender>();
       Reader& r = *reader;
@@ -226,7 +225,7 @@ struct EchoServer::Impl {
         const auto len = r.msgs[i].msg_len;
         bytes += len;
         const auto& from = *static_cast<const sockaddr_storage*>(h.msg_name);
-        if (!policy_.admit(r.limiter, from, now, counters_)) continue;
+        if (!policy_.admit(from, now, counters_)) continue;
         if ((h.msg_flags & MSG_TRUNC) != 0) {
           counters_.drop(obs::Drop::Truncated);
           continue;

@@ -37,6 +37,7 @@
 
 #include "net/fd.hpp"
 #include "relay/proxy_protocol.hpp"
+#include "udp/multicast.hpp"
 #include "udp/datagram_io.hpp"
 
 namespace echorelay::udp {
@@ -344,14 +345,13 @@ struct RelayServer::Impl {
   };
 
   struct Reader {
-    Reader(std::uint32_t i, int socket, std::uint32_t rate) : index(i), fd(socket), limiter(rate) {}
+    Reader(std::uint32_t i, int socket) : index(i), fd(socket) {}
     std::uint32_t index;
     int fd;
     std::uint16_t local_port = 0;
     sockaddr_storage local{};
     socklen_t local_len = 0;
     std::thread thread;
-    SourceLimiter limiter;
     std::unique_ptr<std::byte[]> buffer;  // kBatch x max_datagram
     std::array<mmsghdr, kBatch> msgs{};
     std::array<iovec, kBatch> iov{};
@@ -382,7 +382,7 @@ struct RelayServer::Impl {
         book_(listener.upstreams, resolver, listener.name),
         seed_(std::random_device{}()) {
     for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
-    policy_.rate = listener.rate_limit;
+    policy_.set_rate(listener.rate_limit);
     if (listener.source_address) {
       auto sa = net::to_sockaddr(*listener.source_address);
       if (sa) source_address_ = *sa;
@@ -424,7 +424,7 @@ struct RelayServer::Impl {
       }
       workers_.push_back(std::move(w));
     }
-    if (fanout_) open_fanout_sockets();
+    if (fanout_) open_fanout_sockets(listener);
   }
 
   ~Impl() { stop(); }
@@ -444,7 +444,7 @@ struct RelayServer::Impl {
     // Every reader exists before any thread starts: workers read readers_ (for the
     // PROXY header's destination) without a lock, so it must not change under them.
     for (std::size_t i = 0; i < sockets_.size(); ++i) {
-      auto reader = std::make_unique<Reader>(static_cast<std::uint32_t>(i), sockets_[i], policy_.rate);
+      auto reader = std::make_unique<Reader>(static_cast<std::uint32_t>(i), sockets_[i]);
       reader->buffer = std::make_unique<std::byte[]>(static_cast<std::size_t>(kBatch) * max_datagram_);
       reader->local_len = sizeof reader->local;
       if (::getsockname(reader->fd, reinterpret_cast<sockaddr*>(&reader->local), &reader->local_len) != 0) {
@@ -563,7 +563,7 @@ struct RelayServer::Impl {
       for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
         const msghdr& h = r.msgs[i].msg_hdr;
         bytes += r.msgs[i].msg_len;
-        if (!policy_.admit(r.limiter, r.names[i], now, counters_)) continue;
+        if (!policy_.admit(r.names[i], now, counters_)) continue;
         if ((h.msg_flags & MSG_TRUNC) != 0) {
           counters_.drop(obs::Drop::Truncated);
           continue;
@@ -713,7 +713,7 @@ struct RelayServer::Impl {
     }
   }
 
-  void open_fanout_sockets() {
+  void open_fanout_sockets(const config::Listener& listener) {
     for (int family : {AF_INET, AF_INET6}) {
       net::Fd fd(::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
       if (!fd) {
@@ -728,6 +728,11 @@ struct RelayServer::Impl {
           throw std::system_error(errno, std::system_category(),
                                   "bind udp " + net::format_sockaddr(source_address_->get(), source_address_->len));
         }
+      }
+      // An upstream may itself be a group: the listener's ttl, loopback and interface
+      // are how it is sent there.
+      if (auto r = set_multicast_sending(fd.get(), family, listener); !r) {
+        throw std::system_error(EINVAL, std::system_category(), r.error());
       }
       (family == AF_INET ? fan4_ : fan6_) = std::move(fd);
     }
@@ -792,8 +797,15 @@ struct RelayServer::Impl {
       readable.clear();
       backlog = drain_inbox(w);
       if (w.retry_resolving.exchange(false, std::memory_order_acq_rel)) retry_resolving(w);
-      for (unsigned k = w.evict_requests.exchange(0, std::memory_order_acq_rel); k != 0 && !w.lru.empty(); --k) {
-        finish(w, w.lru.front(), End::Evicted);
+      for (unsigned k = w.evict_requests.exchange(0, std::memory_order_acq_rel); k != 0; --k) {
+        if (!w.lru.empty()) {
+          finish(w, w.lru.front(), End::Evicted, /*left_count=*/true);
+        } else {
+          // Our sessions went meanwhile (expired, evicted): the request is void, and
+          // the excess, if any is left, is another worker's to close.
+          sessions_.fetch_add(1, std::memory_order_acq_rel);
+          make_room(w, false);
+        }
       }
       expire(w);
       if (stopping_.load(std::memory_order_acquire) && !backlog) break;
@@ -861,7 +873,7 @@ struct RelayServer::Impl {
           header_for(item.addr, item.addr_len, item.control, item.control_len, r.local_port, r.local, r.local_len);
     }
     w.table.emplace(s.key, s.self);
-    sessions_.fetch_add(1, std::memory_order_relaxed);
+    sessions_.fetch_add(1, std::memory_order_acq_rel);
     counters_.udp_sessions_active.fetch_add(1, std::memory_order_relaxed);
     spdlog::debug("[c{} {}] session from {}", s.id, name_,
                   net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len));
@@ -870,9 +882,14 @@ struct RelayServer::Impl {
 
   // max_sessions counts the whole listener, and the least recently active session may
   // live on another worker: that worker is asked to close its oldest (the new session
-  // proceeds, so the count can exceed the limit by a few for one worker turn).
-  void make_room(Worker& w) {
-    if (max_sessions_ == 0 || sessions_.load(std::memory_order_relaxed) < max_sessions_) return;
+  // proceeds, so the count can exceed the limit by a few for one worker turn). A session
+  // asked to close leaves sessions_ at once, so a second new session while the first
+  // request is in flight asks for one more eviction, not for none or two.
+  // `adding`: a session is about to open (room for it is needed), else an eviction
+  // that found its worker empty is passed on while the listener is still over.
+  void make_room(Worker& w, bool adding = true) {
+    if (max_sessions_ == 0) return;
+    if (sessions_.load(std::memory_order_acquire) + (adding ? 1 : 0) <= max_sessions_) return;
     Worker* victim = nullptr;
     std::int64_t oldest = INT64_MAX;
     for (auto& other : workers_) {
@@ -886,6 +903,7 @@ struct RelayServer::Impl {
       if (!w.lru.empty()) finish(w, w.lru.front(), End::Evicted);
       return;
     }
+    sessions_.fetch_sub(1, std::memory_order_acq_rel);
     victim->evict_requests.fetch_add(1, std::memory_order_acq_rel);
     wake(*victim);
   }
@@ -908,7 +926,8 @@ struct RelayServer::Impl {
   }
 
   // The session's one exit: closes its upstream socket, counts, logs the summary.
-  void finish(Worker& w, Session& s, End end) {
+  // `left_count`: the session already left sessions_ when its eviction was asked for.
+  void finish(Worker& w, Session& s, End end, bool left_count = false) {
     const std::uint64_t dropped_held = s.held.size();
     if (dropped_held != 0) counters_.drop(obs::Drop::SendFailed, dropped_held);
     close_upstream(s);
@@ -925,7 +944,7 @@ struct RelayServer::Impl {
                   s.upstream_name.empty() ? "-" : s.upstream_name, s.bytes_up, s.bytes_down,
                   std::chrono::duration_cast<std::chrono::milliseconds>(w.now - s.opened).count(), reason);
     counters_.udp_sessions_active.fetch_sub(1, std::memory_order_relaxed);
-    sessions_.fetch_sub(1, std::memory_order_relaxed);
+    if (!left_count) sessions_.fetch_sub(1, std::memory_order_acq_rel);
     w.table.erase(s.key);
     w.lru.erase(s.self);
     publish_oldest(w);
@@ -1214,7 +1233,8 @@ struct RelayServer::Impl {
   net::Fd fan6_;
 
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::atomic<std::uint64_t> sessions_{0};  // over all workers, for max_sessions
+  // Sessions over all workers, for max_sessions, less those asked to close.
+  std::atomic<std::uint64_t> sessions_{0};
   std::atomic<std::uint64_t> next_id_{1};
 
   net::Fd read_wake_;  // eventfd; readable once stop_reading() ran

@@ -5,9 +5,13 @@
 // (inside a network namespace of the test's own, so no multicast leaves the machine).
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <net/if.h>
 #include <sys/socket.h>
 
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -239,6 +243,88 @@ upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\
   }
   // Replies from the upstreams (they echo) are ignored, never sent to the sender.
   EXPECT_FALSE(udp_recv(sender.get(), 500ms).has_value());
+}
+
+// A group member on lo that reports each datagram's IP TTL (IP_RECVTTL).
+struct GroupMember {
+  Fd fd;
+  std::string address;  // group:port
+  explicit GroupMember(const std::string& group) {
+    fd.reset(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    ::inet_pton(AF_INET, group.c_str(), &in.sin_addr);
+    socklen_t len = sizeof in;
+    ip_mreqn join{};
+    join.imr_multiaddr = in.sin_addr;
+    join.imr_ifindex = static_cast<int>(::if_nametoindex("lo"));
+    int on = 1;
+    if (!fd || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof in) != 0 ||
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&in), &len) != 0 ||
+        ::setsockopt(fd.get(), IPPROTO_IP, IP_ADD_MEMBERSHIP, &join, sizeof join) != 0 ||
+        ::setsockopt(fd.get(), IPPROTO_IP, IP_RECVTTL, &on, sizeof on) != 0) {
+      ADD_FAILURE() << "group member on " << group << ": " << std::strerror(errno);
+      fd.reset();
+      return;
+    }
+    address = group + ":" + std::to_string(ntohs(in.sin_port));
+  }
+  // The payload and the TTL it arrived with.
+  std::optional<std::pair<std::string, int>> receive(Millis timeout) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+    char buf[2048];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    iovec iov{buf, sizeof buf};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(fd.get(), &msg, MSG_DONTWAIT);
+    if (n < 0) return std::nullopt;
+    int ttl = -1;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c))
+      if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL) std::memcpy(&ttl, CMSG_DATA(c), sizeof ttl);
+    return std::make_pair(std::string(buf, static_cast<std::size_t>(n)), ttl);
+  }
+};
+
+// An upstream that is itself a group: the relay sends there with the listener's ttl
+// (3, where the kernel's default is 1) out of the listener's interface.
+TEST(RelayUdp, MulticastRelayToAGroupSendsWithTheListenersTtlAndInterface) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()) + 1);
+  const std::string in_group = "239.254." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  const std::string out_group = "239.253." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  auto member = ns.run([&] { return std::make_unique<GroupMember>(out_group); });
+  ASSERT_TRUE(member->fd);
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(R"([admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "mc"
+protocol = "multicast"
+address = ")" + in_group + R"(:0"
+interface = "lo"
+ttl = 3
+loopback = true
+handler = "relay"
+upstreams = [")" + member->address + R"("]
+)",
+                options);
+  ASSERT_TRUE(daemon.start());
+  Fd sender = ns.run([] { return udp_bind("127.0.0.1:0"); });
+  ASSERT_TRUE(sender);
+  ASSERT_TRUE(confine_to_loopback(sender.get()));
+  ASSERT_TRUE(udp_send_to(sender.get(), daemon.address("mc"), "to a group upstream"));
+  auto got = member->receive(kIoTimeout);
+  ASSERT_TRUE(got) << "nothing reached the upstream group";
+  EXPECT_EQ(got->first, "to a group upstream");
+  EXPECT_EQ(got->second, 3) << "sent with the kernel's default TTL, not the listener's";
 }
 
 }  // namespace

@@ -227,5 +227,46 @@ rate_limit = 5
   EXPECT_EQ(udp_recv(other.get()), std::optional<std::string>("other source"));
 }
 
+// With sockets = 4 the kernel spreads one host's source ports over four sockets and
+// their four reader threads; the rate still holds for the host as a whole.
+TEST(Udp, RateLimitHoldsPerHostAcrossReusePortSockets) {
+  Daemon daemon(R"(
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "127.0.0.2:0"
+handler = "echo"
+sockets = 4
+rate_limit = 5
+)");
+  ASSERT_TRUE(daemon.start());
+  const std::string target = daemon.address("udp");
+  constexpr int kPorts = 16;
+  constexpr int kPerPort = 4;
+  std::vector<Fd> clients;
+  for (int p = 0; p < kPorts; ++p) {
+    clients.push_back(udp_connect(target));
+    ASSERT_TRUE(clients.back());
+  }
+  for (int i = 0; i < kPerPort; ++i)
+    for (auto& c : clients) ASSERT_TRUE(udp_send(c.get(), "from one host " + std::to_string(i)));
+  int replies = 0;
+  std::optional<double> refused;
+  bool settled = wait_until([&] {
+    for (auto& c : clients)
+      while (udp_recv(c.get(), 0ms)) ++replies;
+    refused = fetch_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "rate_limited"}});
+    return refused && replies + *refused == kPorts * kPerPort;
+  });
+  EXPECT_TRUE(settled) << replies << " replies, refused " << refused.value_or(-1);
+  // A second's burst (5) plus what refills while the 64 datagrams arrive; a limit per
+  // socket would let about 4 x 5 through.
+  EXPECT_GE(replies, 1);
+  EXPECT_LE(replies, 10) << "the limit was applied per socket, not per host";
+}
+
 }  // namespace
 }  // namespace echorelay::test
