@@ -97,6 +97,7 @@ struct App::Impl {
   Result<void> open_listeners(listen::InheritedSockets& inherited);
   Result<void> start_admin(listen::InheritedSockets& inherited);
   void start_serving();
+  void stop_serving();
   void become_main();
   void begin_drain();
   void check_drain();
@@ -110,6 +111,7 @@ struct App::Impl {
   std::string bound_addresses() const;
   std::string status_line() const;
   void cleanup_files();
+  void remove_created_files();
 
   config::Config config;
   Options options;
@@ -148,8 +150,8 @@ Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
   for (const auto& spec : config.listeners) {
     auto open = listen::open_listener(spec, inherited);
     if (!open) {
-      cleanup_files();
-      return make_error(open.error());
+      remove_created_files();
+      return make_error("listener " + spec.name + ": " + open.error());
     }
     if (open->inherited && spec.endpoint.kind == net::Endpoint::Kind::UnixPath) {
       open->owns_path = std::find(owned_paths.begin(), owned_paths.end(), spec.name) != owned_paths.end();
@@ -229,6 +231,17 @@ void App::Impl::start_serving() {
       }
     }
   }
+}
+
+// Acceptors first (they hand connections to workers), then the UDP threads, then the
+// workers; the relay state they all use goes last.
+void App::Impl::stop_serving() {
+  acceptors.clear();
+  for (auto& u : udp_servers) u->stop();
+  for (auto& u : udp_relays) u->stop();
+  pool.stop();
+  relay_listeners.clear();
+  resolver.reset();
 }
 
 std::string App::Impl::bound_addresses() const {
@@ -432,6 +445,14 @@ void App::Impl::cleanup_files() {
   for (auto& l : listeners) listen::remove_socket_file(l);
 }
 
+// A start that failed removes only the socket files it created: an inherited path is
+// still served by the predecessor, which keeps serving when its successor fails.
+void App::Impl::remove_created_files() {
+  for (auto& l : listeners) {
+    if (!l.inherited) listen::remove_socket_file(l);
+  }
+}
+
 int App::Impl::run() {
   ::signal(SIGPIPE, SIG_IGN);
   const auto fd_limit = os::raise_fd_limit();
@@ -457,7 +478,7 @@ int App::Impl::run() {
     if (auto r = start_admin(inherited); !r) {
       spdlog::error("{}", r.error());
       lifecycle::report_failure(options.ready_fd, r.error());
-      cleanup_files();
+      remove_created_files();
       return 1;
     }
     // Owned paths of listeners the new config dropped are removed with their sockets.
@@ -483,7 +504,18 @@ int App::Impl::run() {
           [this](pid_t pid) { handed_over(pid); },
           [this](const std::string& reason) { restart_failed(reason); }});
 
-  start_serving();
+  try {
+    start_serving();
+  } catch (const std::exception& e) {
+    // The system refused a resource while starting (threads, fds, memory): a clean
+    // failure the predecessor or the service manager can report, not an abort.
+    const std::string error = std::string("cannot start serving: ") + e.what();
+    spdlog::error("{}", error);
+    lifecycle::report_failure(options.ready_fd, error);
+    stop_serving();
+    remove_created_files();
+    return 1;
+  }
   if (!options.bound_addresses_file.empty() && !write_atomically(options.bound_addresses_file, bound_addresses())) {
     spdlog::error("cannot write {}", options.bound_addresses_file);
   }
@@ -511,12 +543,7 @@ int App::Impl::run() {
 
   control.run();
 
-  acceptors.clear();
-  for (auto& u : udp_servers) u->stop();
-  for (auto& u : udp_relays) u->stop();
-  pool.stop();
-  relay_listeners.clear();
-  resolver.reset();
+  stop_serving();
   if (is_main) {
     cleanup_files();
     if (!config.daemon.pid_file.empty()) {

@@ -2,7 +2,10 @@
 // no request and (almost) no datagram, with listeners added and removed by the new
 // config; and restarts that fail (bad config, a binary that exits, one that hangs),
 // after which the old process must keep serving under the same pid.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -261,6 +264,52 @@ TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServ
   Fd c = connect_to(svc.address("tcp"));
   ASSERT_TRUE(c);
   EXPECT_TRUE(echo_line(c.get(), "successor serves\n"));
+}
+
+// A TCP port held open by the test, so that a listener configured on it cannot bind.
+struct HeldPort {
+  Fd fd;
+  std::string address;
+  HeldPort() {
+    fd.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof in;
+    if (!fd || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof in) != 0 || ::listen(fd.get(), 1) != 0 ||
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&in), &len) != 0) {
+      ADD_FAILURE() << "hold a port: " << std::strerror(errno);
+      return;
+    }
+    address = "127.0.0.1:" + std::to_string(ntohs(in.sin_port));
+  }
+};
+
+// A successor that adopted the Unix socket and then failed (a new listener's port is
+// taken) must not remove the socket file on its way out: the old process still serves
+// that path, and new clients find it by the file.
+TEST(RestartFailure, SuccessorFailingAfterAdoptingAUnixSocketLeavesItsFile) {
+  TempDir sockets;
+  const std::string unix_path = sockets.file("kept.sock");
+  ServiceUnderTest svc(tcp_unix_udp_config(unix_path));
+  ASSERT_TRUE(svc.start());
+  const pid_t pid = svc.main_pid();
+  HeldPort held;
+  ASSERT_FALSE(held.address.empty());
+  svc.write_config(tcp_unix_udp_config(unix_path) + R"(
+[[listener]]
+name = "blocked"
+protocol = "tcp"
+address = ")" + held.address + R"("
+)");
+  auto r = svc.hot_restart(10000ms);
+  ASSERT_TRUE(r.failed) << r.status;
+  EXPECT_NE(r.status.find("blocked"), std::string::npos) << r.status;
+  EXPECT_EQ(svc.main_pid(), pid);
+  EXPECT_TRUE(exists(unix_path)) << "the failed successor removed the old process's socket file";
+  Fd c = connect_to(unix_path);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(echo_line(c.get(), "the old process still serves the path\n"));
 }
 
 // What the service manager saw from `from` on, for a stop during a restart: the old
