@@ -1,6 +1,8 @@
 // The command line as operators and scripts use it: --check exit codes and the exact
 // `FILE:LINE:COL: KEY: message` diagnostics, exit 78 when started with a bad config, and
 // --version. Diagnostic text is the one place tests read output: users read it.
+#include <signal.h>
+
 #include <sstream>
 
 #include "harness.hpp"
@@ -109,6 +111,51 @@ TEST(Cli, VersionPrintsVersionAndExitsZero) {
 #ifdef ECHORELAY_VERSION
   EXPECT_NE(r.output.find(ECHORELAY_VERSION), std::string::npos) << r.output;
 #endif
+}
+
+// [log] format = "json": one JSON object per line with time, level, pid and msg, and a
+// message holding quotes and backslashes (here a socket path) escaped, so a log
+// shipper can parse every line.
+TEST(Cli, JsonLogsAreOneEscapedObjectPerLine) {
+  TempDir sockets;
+  const std::string path = sockets.file("q\"uote\\d.sock");
+  std::string toml_path = path;
+  for (std::size_t i = 0; i < toml_path.size(); ++i) {
+    if (toml_path[i] == '"' || toml_path[i] == '\\') toml_path.insert(i++, 1, '\\');
+  }
+  Daemon::Options options;
+  options.log_level = "";
+  options.log_format = "";
+  Daemon daemon(R"(
+[log]
+level = "info"
+format = "json"
+
+[[listener]]
+name = "u"
+protocol = "unix"
+address = ")" + toml_path + R"("
+)",
+                options);
+  ASSERT_TRUE(daemon.start());
+  ASSERT_TRUE(daemon.signal(SIGTERM));
+  EXPECT_EQ(daemon.wait_exit(), std::optional<int>(0));
+  const std::string pid = std::to_string(daemon.pid());
+  std::istringstream lines(daemon.log());
+  std::string line;
+  int objects = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    ++objects;
+    EXPECT_EQ(line.rfind(R"({"time":")", 0), 0u) << line;
+    EXPECT_NE(line.find(R"(Z","level":")"), std::string::npos) << line;
+    EXPECT_NE(line.find(R"(","pid":)" + pid + R"(,"msg":")"), std::string::npos) << line;
+    EXPECT_EQ(line.substr(line.size() - 2), "\"}") << line;
+  }
+  EXPECT_GE(objects, 3);
+  const std::string log = daemon.log();
+  EXPECT_NE(log.find(R"("level":"info","pid":)" + pid + R"(,"msg":"echorelayd )"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"(q\"uote\\d.sock as u")"), std::string::npos) << "path not escaped: " << log;
 }
 
 }  // namespace

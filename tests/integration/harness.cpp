@@ -266,8 +266,10 @@ Daemon::~Daemon() {
     argv.push_back("--log-level");
     argv.push_back(options_.log_level);
   }
-  argv.push_back("--log-format");
-  argv.push_back("text");
+  if (!options_.log_format.empty()) {
+    argv.push_back("--log-format");
+    argv.push_back(options_.log_format);
+  }
   for (const auto& a : options_.extra_args) argv.push_back(a);
   Spawned child = echorelay::test::spawn(argv, {"NOTIFY_SOCKET=" + notify_path_}, log_path_, options_.netns);
   if (child.pid < 0)

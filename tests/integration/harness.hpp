@@ -101,6 +101,7 @@ class Daemon {
     std::vector<std::string> extra_args;  // appended to the command line
     std::string netns;                    // run inside /var/run/netns/NAME when set
     std::string log_level = "debug";
+    std::string log_format = "text";  // empty: the config's [log] format decides
   };
 
   explicit Daemon(std::string toml);

@@ -518,5 +518,32 @@ TEST(RestartAbort, SigtermBeforeReadyStopsWithoutReportingReady) {
   }
 }
 
+// pid_file names the current main process: written at READY, rewritten by each
+// successor, left alone by the old process on its way out, removed by the last.
+TEST(PidFile, FollowsTheMainProcessAcrossAHotRestartAndGoesWithTheLast) {
+  TempDir run_dir;
+  const std::string pid_file = run_dir.file("echorelayd.pid");
+  auto pid_in_file = [&] {
+    std::string text = read_file(pid_file);
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    return text;
+  };
+  std::string toml = failure_config(true);
+  const std::string daemon_table = "[daemon]\n";
+  toml.replace(toml.find(daemon_table), daemon_table.size(), daemon_table + "pid_file = \"" + pid_file + "\"\n");
+  ServiceUnderTest svc(toml);
+  ASSERT_TRUE(svc.start());
+  const pid_t first = svc.main_pid();
+  EXPECT_EQ(pid_in_file(), std::to_string(first));
+  auto r = svc.hot_restart(10000ms);
+  ASSERT_TRUE(r.ok) << r.status;
+  EXPECT_EQ(pid_in_file(), std::to_string(r.pid));
+  EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+  EXPECT_EQ(pid_in_file(), std::to_string(r.pid)) << "the old process removed or rewrote its successor's pid file";
+  ASSERT_TRUE(svc.signal(SIGTERM));
+  EXPECT_TRUE(svc.wait_main_exit(6000ms).gone);
+  EXPECT_FALSE(exists(pid_file)) << "the last main process leaves its pid file behind";
+}
+
 }  // namespace
 }  // namespace echorelay::test
