@@ -2,7 +2,12 @@
 // max_frame limit), length-prefixed binary frames (every byte value, empty payload, an
 // absurd length), and raw echo with half-close. Each listener sits on its own loopback
 // address so the config never holds two identical "host:0" addresses.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <string>
 
@@ -234,6 +239,62 @@ TEST_F(TcpEcho, RawEchoesSmallWritesAsTheyArrive) {
   EXPECT_EQ(recv_exact(c.get(), 3), "abc");
   ASSERT_TRUE(send_all(c.get(), std::string("\0\xff", 2)));
   EXPECT_EQ(recv_exact(c.get(), 2), std::string("\0\xff", 2));
+}
+
+// Socket options seen from outside: v6only decides whether an IPv6 wildcard listener
+// also takes IPv4 connections, reuse_port whether another socket may join its port.
+TEST(TcpSocketOptions, V6onlyAndReusePortTakeEffect) {
+  Daemon daemon(R"(
+[[listener]]
+name = "v6only"
+protocol = "tcp"
+address = "[::]:0"
+v6only = true
+
+[[listener]]
+name = "dual"
+protocol = "tcp"
+address = "[::]:0"
+v6only = false
+
+[[listener]]
+name = "shared"
+protocol = "tcp"
+address = "127.0.0.3:0"
+reuse_port = true
+
+[[listener]]
+name = "exclusive"
+protocol = "tcp"
+address = "127.0.0.4:0"
+reuse_port = false
+)");
+  ASSERT_TRUE(daemon.start());
+  int err = 0;
+  Fd v4_to_v6only = try_connect("127.0.0.1:" + std::to_string(daemon.port("v6only")), &err, 2000ms);
+  EXPECT_FALSE(v4_to_v6only) << "an IPv4 client reached a v6only listener";
+  EXPECT_EQ(err, ECONNREFUSED) << std::strerror(err);
+  Fd v6 = connect_to("[::1]:" + std::to_string(daemon.port("v6only")));
+  ASSERT_TRUE(v6);
+  EXPECT_TRUE(echo_line(v6.get(), "over IPv6\n"));
+  Fd v4_to_dual = connect_to("127.0.0.1:" + std::to_string(daemon.port("dual")));
+  ASSERT_TRUE(v4_to_dual) << "an IPv4 client did not reach the dual-stack listener";
+  EXPECT_TRUE(echo_line(v4_to_dual.get(), "over IPv4\n"));
+
+  // Only bound, never listening: a socket that does not listen takes no connections.
+  auto join = [](const std::string& address) {
+    Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    const auto colon = address.rfind(':');
+    ::inet_pton(AF_INET, address.substr(0, colon).c_str(), &in.sin_addr);
+    in.sin_port = htons(static_cast<std::uint16_t>(std::stoi(address.substr(colon + 1))));
+    return ::bind(fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof in) == 0 ? 0 : errno;
+  };
+  EXPECT_EQ(join(daemon.address("shared")), 0) << "reuse_port = true, yet the port could not be shared";
+  EXPECT_EQ(join(daemon.address("exclusive")), EADDRINUSE) << "reuse_port = false, yet the port was shared";
 }
 
 }  // namespace
