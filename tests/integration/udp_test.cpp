@@ -188,6 +188,22 @@ max_datagram = 512
   EXPECT_FALSE(udp_recv(s.get(), 200ms).has_value()) << "a reply to the oversized datagram arrived";
 }
 
+// Every datagram sent to the "udp" listener is either answered or counted as
+// rate_limited: reads the replies on `clients` until the two add up to `sent`, and
+// returns how many were answered.
+int replies_once_settled(const Daemon& daemon, const std::vector<int>& clients, int sent) {
+  int replies = 0;
+  std::optional<double> refused;
+  const bool settled = wait_until([&] {
+    for (int fd : clients)
+      while (udp_recv(fd, 0ms)) ++replies;
+    refused = fetch_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "rate_limited"}});
+    return refused && replies + *refused == sent;
+  });
+  EXPECT_TRUE(settled) << replies << " replies, refused " << refused.value_or(-1) << " of " << sent;
+  return replies;
+}
+
 TEST(Udp, RateLimitRefusesDatagramsBeyondTheRatePerSource) {
   Daemon daemon(R"(
 [admin]
@@ -206,16 +222,8 @@ rate_limit = 5
   ASSERT_TRUE(s);
   constexpr int kBurst = 50;
   for (int i = 0; i < kBurst; ++i) ASSERT_TRUE(udp_send(s.get(), "burst " + std::to_string(i)));
-  // 50 datagrams in a few milliseconds at 5/s: most are refused. Every datagram is
-  // either answered or counted as rate_limited.
-  int replies = 0;
-  std::optional<double> refused;
-  bool settled = wait_until([&] {
-    while (udp_recv(s.get(), 0ms)) ++replies;
-    refused = fetch_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "rate_limited"}});
-    return refused && replies + *refused == kBurst;
-  });
-  EXPECT_TRUE(settled) << replies << " replies, refused " << refused.value_or(-1);
+  // 50 datagrams in a few milliseconds at 5/s: most are refused.
+  const int replies = replies_once_settled(daemon, {s.get()}, kBurst);
   EXPECT_GE(replies, 1);
   EXPECT_LE(replies, 15);
 
@@ -253,15 +261,9 @@ rate_limit = 5
   }
   for (int i = 0; i < kPerPort; ++i)
     for (auto& c : clients) ASSERT_TRUE(udp_send(c.get(), "from one host " + std::to_string(i)));
-  int replies = 0;
-  std::optional<double> refused;
-  bool settled = wait_until([&] {
-    for (auto& c : clients)
-      while (udp_recv(c.get(), 0ms)) ++replies;
-    refused = fetch_metric(daemon.admin(), "echorelay_refused_total", {{"listener", "udp"}, {"reason", "rate_limited"}});
-    return refused && replies + *refused == kPorts * kPerPort;
-  });
-  EXPECT_TRUE(settled) << replies << " replies, refused " << refused.value_or(-1);
+  std::vector<int> fds;
+  for (auto& c : clients) fds.push_back(c.get());
+  const int replies = replies_once_settled(daemon, fds, kPorts * kPerPort);
   // A second's burst (5) plus what refills while the 64 datagrams arrive; a limit per
   // socket would let about 4 x 5 through.
   EXPECT_GE(replies, 1);
