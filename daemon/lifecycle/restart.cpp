@@ -226,8 +226,6 @@ void Restarter::request() {
   impl_->start();
 }
 
-bool Restarter::busy() const { return impl_->state != Impl::State::Idle; }
-
 void Restarter::abort() {
   if (impl_->state != Impl::State::Waiting || impl_->reaping) return;
   impl_->state = Impl::State::Stopping;

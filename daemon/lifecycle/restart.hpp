@@ -39,7 +39,6 @@ class Restarter {
 
   // SIGHUP. Ignored (logged) while an attempt runs or after a successful handover.
   void request();
-  bool busy() const;
   // SIGTERM/SIGINT while a successor is starting: the stop wins over the restart. The
   // successor is told to stop too (SIGTERM, so it drains whatever it already accepted
   // instead of losing it) and is reaped when it exits; no failure is reported.

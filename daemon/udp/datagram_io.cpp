@@ -111,8 +111,7 @@ void SourceLimiter::sweep(Clock::time_point now) {
 }
 
 void SourcePolicy::set_rate(std::uint32_t datagrams_per_second) {
-  rate = datagrams_per_second;
-  limiter = rate != 0 ? std::make_unique<SourceLimiter>(rate) : nullptr;
+  limiter = datagrams_per_second != 0 ? std::make_unique<SourceLimiter>(datagrams_per_second) : nullptr;
 }
 
 bool SourcePolicy::admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const {

@@ -95,10 +95,10 @@ class SourceLimiter {
 // counters. One per listener; any of its reader threads may call admit().
 struct SourcePolicy {
   std::bitset<65536> denied_ports;
-  std::uint32_t rate = 0;
-  std::unique_ptr<SourceLimiter> limiter;  // set when rate != 0
+  std::unique_ptr<SourceLimiter> limiter;  // none when rate_limit is 0 (off)
 
   void set_rate(std::uint32_t datagrams_per_second);
+  bool limits_rate() const { return limiter != nullptr; }
   bool admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const;
 };
 

@@ -70,11 +70,10 @@ struct EchoServer::Impl {
         capacity_(std::max<std::uint32_t>(listener.queue, 1)),
         worker_count_(listener.workers != 0 ? listener.workers
                                             : std::max(1U, std::thread::hardware_concurrency())),
-        rate_(listener.rate_limit),
         sockets_(std::move(sockets)),
         counters_(counters) {
     for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
-    policy_.set_rate(rate_);
+    policy_.set_rate(listener.rate_limit);
     // MAP_NORESERVE: a large queue costs address space only; pages are committed as
     // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
     buffer_bytes_ = static_cast<std::size_t>(capacity_) * max_datagram_;
@@ -217,7 +216,7 @@ struct EchoServer::Impl {
         warn("recvmmsg", err);
         return;
       }
-      const auto now = rate_ != 0 ? Clock::now() : Clock::time_point{};
+      const auto now = policy_.limits_rate() ? Clock::now() : Clock::time_point{};
       unsigned accepted = 0;
       std::uint64_t bytes = 0;
       for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
@@ -320,7 +319,6 @@ struct EchoServer::Impl {
   const std::uint32_t max_datagram_;
   const std::uint32_t capacity_;
   const unsigned worker_count_;
-  const std::uint32_t rate_;
   SourcePolicy policy_;
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;

@@ -557,7 +557,7 @@ struct RelayServer::Impl {
         warn("recvmmsg", err);
         return -1;
       }
-      const auto now = policy_.rate != 0 ? Clock::now() : Clock::time_point{};
+      const auto now = policy_.limits_rate() ? Clock::now() : Clock::time_point{};
       accepted = 0;
       std::uint64_t bytes = 0;
       for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {

@@ -348,7 +348,12 @@ TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure)
   Fd idle = answered_connection(svc);
   ASSERT_TRUE(idle);
 
-  ASSERT_TRUE(replace_with_script(binary, std::string("#!/bin/sh\nsleep 3\nexec ") + ECHORELAYD_PATH + " \"$@\"\n"));
+  // The wrapper notes a SIGTERM (the old code SIGKILLed it at its own exit instead).
+  const std::string told_to_stop = bin_dir.file("told-to-stop");
+  const std::string trapping = bin_dir.file("trapping");
+  ASSERT_TRUE(replace_with_script(binary, "#!/bin/sh\ntrap 'echo yes > " + told_to_stop + "; exit 0' TERM\n: > " +
+                                              trapping + "\nsleep 3 &\nwait\nexec " + ECHORELAYD_PATH +
+                                              " \"$@\"\n"));
   const std::size_t from = svc.notify().size();
   ASSERT_TRUE(svc.signal(SIGHUP));
   ASSERT_TRUE(svc.notify().wait_line("RELOADING=1", from, 3000ms));
@@ -357,7 +362,7 @@ TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure)
       [&] {
         auto children = children_of(pid);
         if (!children.empty()) successor = children.front();
-        return successor != 0;
+        return successor != 0 && exists(trapping);
       },
       3000ms));
 
@@ -369,7 +374,9 @@ TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure)
   EXPECT_LT(Clock::now() - t0, 2500ms) << "waited for the successor instead of stopping it";
   EXPECT_TRUE(wait_gone(successor, 1000ms).gone) << "successor left running";
   expect_stop_wins(svc.notify(), from, pid, successor);
-  EXPECT_NE(svc.log().find("hot restart abandoned"), std::string::npos);
+  EXPECT_EQ(read_file(told_to_stop), "yes\n") << "the successor was not sent SIGTERM";
+  EXPECT_NE(svc.log().find("hot restart abandoned: successor exited with status 0"), std::string::npos)
+      << svc.log();
   EXPECT_EQ(svc.log().find("hot restart failed"), std::string::npos);
 }
 
