@@ -365,9 +365,10 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
 void App::Impl::close_listening_sockets(bool successor_serves) {
   // Connections already queued are ours to serve unless a successor is accepting.
   for (auto& a : acceptors) a->pause(!successor_serves);
-  // The UDP echo answers what it has read, then no thread touches its sockets. A UDP
-  // relay's sessions still send replies from its sockets: those close at exit.
-  for (auto& u : udp_servers) u->stop();
+  // The UDP echo answers what it has read (and, unless a successor reads on, what the
+  // sockets hold), then no thread touches its sockets. A UDP relay's sessions still
+  // send replies from its sockets: those close at exit.
+  for (auto& u : udp_servers) u->stop(!successor_serves);
   for (auto& u : udp_relays) u->stop_reading();
   for (auto& open : listeners) {
     if (open.spec->handler == config::Handler::Relay && !open.spec->is_stream()) continue;

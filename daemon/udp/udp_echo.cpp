@@ -30,6 +30,9 @@
 namespace echorelay::udp {
 namespace {
 
+// recvmmsg batches a stopping reader takes from its socket before it closes for good.
+constexpr unsigned kSweepBatches = 64;
+
 struct Slot {
   std::byte* data = nullptr;
   std::uint32_t len = 0;
@@ -135,7 +138,8 @@ struct EchoServer::Impl {
     }
   }
 
-  void stop() {
+  void stop(bool sweep_sockets = false) {
+    if (sweep_sockets) sweep_.store(true, std::memory_order_release);
     stop_reading();
     {
       std::lock_guard lock(mutex_);
@@ -182,10 +186,13 @@ struct EchoServer::Impl {
 
   void read_loop(Reader& r) {
     read_until_stopped(name_, r.fd, wake_.get(), stop_reading_, warn_gate_, [this, &r] { drain(r); });
+    // Bounded: a flood must not hold the stop.
+    if (sweep_.load(std::memory_order_acquire)) drain(r, kSweepBatches);
   }
 
-  void drain(Reader& r) {
-    while (!stop_reading_.load(std::memory_order_acquire)) {
+  // Until the socket is empty; after stop_reading() only when sweeping, `sweep` batches.
+  void drain(Reader& r, unsigned sweep = 0) {
+    while (sweep > 0 ? sweep-- > 0 : !stop_reading_.load(std::memory_order_acquire)) {
       const unsigned k = reserve(r.reserved);
       const unsigned want = k != 0 ? k : kBatch;
       for (unsigned i = 0; i < want; ++i) {
@@ -339,6 +346,7 @@ struct EchoServer::Impl {
 
   net::Fd wake_;  // eventfd; readable once stop_reading() ran
   std::atomic<bool> stop_reading_{false};
+  std::atomic<bool> sweep_{false};  // stop(true): read the sockets empty before the readers end
   std::mutex lifecycle_;  // start/stop/joins
   bool started_ = false;
   std::vector<std::unique_ptr<Reader>> readers_;
@@ -353,6 +361,6 @@ EchoServer::~EchoServer() = default;
 
 void EchoServer::start() { impl_->start(); }
 void EchoServer::stop_reading() { impl_->stop_reading(); }
-void EchoServer::stop() { impl_->stop(); }
+void EchoServer::stop(bool sweep_sockets) { impl_->stop(sweep_sockets); }
 
 }  // namespace echorelay::udp

@@ -28,7 +28,9 @@ class EchoServer {
   // successor); datagrams already queued are still answered. Any thread; idempotent.
   void stop_reading();
   // stop_reading(), answer what is queued, join every thread. Any thread but a pool one.
-  void stop();
+  // With `sweep_sockets`, the readers first read and answer what the sockets hold: a
+  // process closing them for good (SIGTERM) is the last to read those datagrams.
+  void stop(bool sweep_sockets = false);
 
  private:
   struct Impl;

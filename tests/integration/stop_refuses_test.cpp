@@ -166,6 +166,28 @@ TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswe
   EXPECT_TRUE(wait_gone(old_pid, 8000ms).gone);
 }
 
+TEST(StopRefuses, DatagramsQueuedWhenTheDrainBeginsAreAnsweredBeforeTheSocketCloses) {
+  TempDir scratch;
+  ServiceUnderTest svc(stop_config(scratch.file("echo.sock")));
+  ASSERT_TRUE(svc.start());
+  svc.notify().release_fds();
+  Fd client = udp_connect(svc.address("udp"));
+  ASSERT_TRUE(client);
+  // Frozen, the daemon reads nothing: the datagrams and the SIGTERM wait together, and
+  // on SIGCONT the stop may be seen before the reader's next poll.
+  ASSERT_TRUE(svc.signal(SIGSTOP));
+  constexpr int kQueued = 50;
+  for (int i = 0; i < kQueued; ++i) ASSERT_TRUE(udp_send(client.get(), "queued " + std::to_string(i)));
+  ASSERT_TRUE(svc.signal(SIGTERM));
+  ASSERT_TRUE(svc.signal(SIGCONT));
+  int answered = 0;
+  while (auto d = udp_recv(client.get(), 2000ms)) {
+    if (d->starts_with("queued ")) ++answered;
+  }
+  EXPECT_EQ(answered, kQueued) << "datagrams queued before the stop were thrown away";
+  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0));
+}
+
 // What systemd does with a socket unit or the fd store: it keeps the listening socket
 // while the service stops, and starts the next instance with it.
 TEST(StopRefuses, WhenAnotherHolderKeepsTheSocketConnectionsDuringTheDrainWaitForTheNextInstance) {
