@@ -36,20 +36,39 @@ std::string fd_listing(pid_t pid) {
 
 TEST(RestartState, ConnectionsOpenAtEachRestartDoNotLeakIntoTheSuccessors) {
   TempDir scratch;
-  ServiceUnderTest svc(tcp_unix_udp_config(scratch.file("echo.sock")));
+  const std::string base = tcp_unix_udp_config(scratch.file("echo.sock"));
+  ServiceUnderTest svc(base);
   ASSERT_TRUE(svc.start());
   const std::string tcp = svc.address("tcp");
-  // The successors' own fds: listeners, event loops, admin, notify. Measured on the
-  // first process with no connection open.
+  // A relay to our own echo listener: each relayed connection is a client socket, an
+  // upstream socket (and a splice pipe pair when bulk flows) in the relay, plus an
+  // echo session; none of them may reach a successor either.
+  svc.write_config(base + R"(
+[[listener]]
+name = "relay"
+protocol = "tcp"
+address = "127.0.0.1:0"
+handler = "relay"
+upstreams = [")" + tcp + R"("]
+)");
+  auto added = svc.hot_restart();
+  ASSERT_TRUE(added.ok) << added.status << svc.log();
+  ASSERT_TRUE(wait_gone(svc.main_pids().front(), 10000ms).gone);
+  ASSERT_TRUE(svc.reload_addresses());
+  const std::string relay = svc.address("relay");
+  // The successors' own fds: listeners, event loops, admin, notify, resolver. Measured
+  // on a process with no connection open.
   const int baseline = open_fds(svc.main_pid());
   ASSERT_GT(baseline, 0);
   constexpr int kClients = 300;
+  constexpr int kRelayed = 50;
+  constexpr int kExpected = kClients + 3 * kRelayed;  // relayed: client + upstream + echo session
 
   std::vector<Fd> clients;
   auto connect_all = [&] {
     clients.clear();
-    for (int i = 0; i < kClients; ++i) {
-      Fd fd = connect_to(tcp);
+    for (int i = 0; i < kClients + kRelayed; ++i) {
+      Fd fd = connect_to(i < kClients ? tcp : relay);
       if (!fd || !echo_line(fd.get(), "client " + std::to_string(i) + "\n")) return false;
       clients.push_back(std::move(fd));
     }
@@ -61,19 +80,21 @@ TEST(RestartState, ConnectionsOpenAtEachRestartDoNotLeakIntoTheSuccessors) {
     const pid_t old_pid = svc.main_pid();
     auto r = svc.hot_restart();
     ASSERT_TRUE(r.ok) << r.status << svc.log();
-    // The old process closes every idle connection; the clients come back to the new one.
-    for (auto& fd : clients) EXPECT_TRUE(expect_closed(fd.get(), 8000ms));
+    // The old process closes every idle echo connection at once and the relayed ones
+    // at its drain deadline; the clients come back to the new one.
+    for (auto& fd : clients) EXPECT_TRUE(expect_closed(fd.get(), 10000ms));
     ASSERT_TRUE(wait_gone(old_pid, 10000ms).gone);
     ASSERT_TRUE(connect_all());
     const int held = open_fds(svc.main_pid());
-    EXPECT_LE(held, baseline + kClients + 4)
+    EXPECT_LE(held, baseline + kExpected + 4)
         << "after restart " << restart << " the main process holds " << held << " fds for " << kClients
-        << " connections (baseline " << baseline << ")\n"
+        << " echo and " << kRelayed << " relayed connections (baseline " << baseline << ")\n"
         << fd_listing(svc.main_pid());
-    EXPECT_GE(held, baseline + kClients - 4) << "after restart " << restart;
+    EXPECT_GE(held, baseline + kExpected - 4) << "after restart " << restart;
   }
   clients.clear();
   ASSERT_TRUE(wait_metric(svc.admin(), "echorelay_connections_active", {{"listener", "tcp"}}, 0));
+  ASSERT_TRUE(wait_metric(svc.admin(), "echorelay_connections_active", {{"listener", "relay"}}, 0));
   const pid_t main_pid = svc.main_pid();
   EXPECT_TRUE(wait_until([&] { return open_fds(main_pid) <= baseline + 2; }, 5000ms))
       << "with every client gone the main process still holds " << open_fds(main_pid) << " fds (baseline "
