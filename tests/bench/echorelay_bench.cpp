@@ -134,6 +134,7 @@ struct Options {
   std::uint64_t loss_timeout_ns = 200'000'000;
   std::uint64_t connect_timeout_ns = 30'000'000'000;
   std::uint64_t request_timeout_ns = 0;  // 0 = off
+  std::uint64_t pause_ns = 0;  // pingpong/udp: think time between a reply and the next request
   std::size_t threads = 1;
   bool progress = false;
   bool reconnect = false;  // a clean EOF at a request boundary reconnects (not an error)
@@ -458,11 +459,13 @@ class Worker {
       std::uint64_t now = now_ns();
       if (now >= clock_.measure_end()) break;
       retry_due(now);
+      resume_due(now);
       if (opt_.request_timeout_ns && opt_.mode != Mode::Bulk && now >= next_scan) {
         next_scan = now + 100'000'000;
         expire_stalled(now);
       }
-      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), down_.empty() ? 10 : 1);
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()),
+                               down_.empty() && paused_.empty() ? 10 : 1);
       now = now_ns();
       for (int i = 0; i < n; ++i) {
         Conn* c = lookup(events[i].data.u64);
@@ -524,6 +527,22 @@ class Worker {
     }
     c.state = Conn::State::Connecting;
     watch(c, EPOLL_CTL_ADD, EPOLLOUT);
+  }
+
+  // --pause: connections waiting for their next request; an entry whose connection was
+  // replaced meanwhile (a reconnect resends by itself) no longer looks up and is dropped.
+  void resume_due(std::uint64_t now) {
+    if (paused_.empty()) return;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> due;
+    due.swap(paused_);
+    for (const auto& [at, t] : due) {
+      if (at > now) {
+        paused_.emplace_back(at, t);
+        continue;
+      }
+      Conn* c = lookup(t);
+      if (c && c->state == Conn::State::Running) send_request(*c, now);
+    }
   }
 
   void retry_due(std::uint64_t now) {
@@ -734,6 +753,11 @@ class Worker {
     }
     ++c.seq;
     if (opt_.mode == Mode::Churn) return begin_connect(c, now);
+    if (opt_.pause_ns) {
+      c.step_at = now;  // idle by choice: not a stalled request
+      paused_.emplace_back(now + opt_.pause_ns, tag(c));
+      return;
+    }
     send_request(c, now);
   }
 
@@ -798,6 +822,7 @@ class Worker {
       std::uint64_t id = 0;
       std::uint64_t seq = 0;
       std::uint64_t sent_at = 0;
+      std::uint64_t next_at = 0;  // --pause: when the next request goes; 0 = one is in flight
       std::vector<char> request;
     };
     std::vector<Sock> socks(conns_.size());
@@ -815,6 +840,7 @@ class Worker {
       build_frame(s.request, Framing::Raw, s.id, s.seq);
       for (int k = 0; k < 16; ++k) s.request[static_cast<std::size_t>(k)] = "0123456789abcdef"[(s.seq >> (60 - 4 * k)) & 15];
       s.sent_at = now;
+      s.next_at = 0;
       if (::send(s.fd, s.request.data(), s.request.size(), 0) < 0 && errno != EAGAIN && in_window(now))
         count_error("send", errno);
     };
@@ -825,6 +851,10 @@ class Worker {
       std::uint64_t now = now_ns();
       if (now >= clock_.measure_end()) break;
       for (auto& s : socks) {
+        if (s.next_at) {
+          if (now >= s.next_at) send(s, now);
+          continue;
+        }
         if (now - s.sent_at >= opt_.loss_timeout_ns) {
           if (in_window(now)) ++stats_.lost;
           send(s, now);
@@ -853,7 +883,8 @@ class Worker {
             stats_.latency.record(now - s.sent_at);
             stats_.progress.store(stats_.requests, std::memory_order_relaxed);
           }
-          send(s, now);
+          if (opt_.pause_ns) s.next_at = now + opt_.pause_ns;
+          else send(s, now);
         }
       }
     }
@@ -871,6 +902,7 @@ class Worker {
   Stats stats_;
   int logged_errors_ = 0;
   std::array<char, kMaxChunk> scratch_{};
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> paused_;  // (resume at, connection tag)
 };
 
 // ---------------------------------------------------------------------------------------
@@ -890,6 +922,8 @@ void usage() {
       "  --reconnect       pingpong/churn: a clean EOF before any reply byte reconnects and resends\n"
       "                    (counted as reconnects, not errors)\n"
       "  --request-timeout D  pingpong/churn: a connect or request not done in D is an error (default 0s = off)\n"
+      "  --pause D         pingpong/udp: wait D after each reply before the next request (default 0s:\n"
+      "                    closed loop at full speed); paces a moderate load, e.g. for tests/soak/run\n"
       "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
       "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n"
       "  echorelay-bench notify PATH    bind an AF_UNIX datagram socket (sd_notify receiver) and print\n"
@@ -939,6 +973,7 @@ Options parse_options(int argc, char** argv) {
     else if (arg == "--loss-timeout") opt.loss_timeout_ns = duration();
     else if (arg == "--connect-timeout") opt.connect_timeout_ns = duration();
     else if (arg == "--request-timeout") opt.request_timeout_ns = duration();
+    else if (arg == "--pause") opt.pause_ns = duration();
     else if (arg == "--threads") opt.threads = parse_count(value, "threads");
     else usage();
   }
