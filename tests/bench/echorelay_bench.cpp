@@ -394,6 +394,7 @@ struct Conn {
   std::uint64_t started = 0;  // connect start (churn) or request sent (pingpong)
   std::uint64_t step_at = 0;  // last connect or request sent: what --request-timeout times
   bool resend = false;        // the request goes again on a new connection (--reconnect)
+  bool paused = false;        // --pause: between a reply and the next request, nothing outstanding
   std::uint64_t retry_at = 0;
   bool out_armed = false;
   std::vector<char> request;
@@ -507,6 +508,7 @@ class Worker {
     c.stream_sent = c.stream_got = 0;
     c.pending_head = c.pending_count = 0;
     c.handshake = false;
+    c.paused = false;
     if (!c.resend) c.started = now;
     c.step_at = now;
     c.fd = start_connect(opt_.target, true);
@@ -713,6 +715,7 @@ class Worker {
     // churn times the whole connect-to-close cycle; a resent request its first send
     if (opt_.mode != Mode::Churn && !c.resend) c.started = now;
     c.resend = false;
+    c.paused = false;
     if (!write_rest(c)) broken(c, now, "write", errno);
   }
 
@@ -734,6 +737,22 @@ class Worker {
   }
 
   void on_reply(Conn& c, std::uint64_t now) {
+    if (c.paused) {
+      // Nothing is outstanding: an EOF is a clean close at a request boundary (a draining
+      // server); --reconnect connects again and the next request goes out on the new
+      // connection. Any byte here is one the server should not have sent.
+      char stray = 0;
+      const ssize_t n = read(c.fd, &stray, 1);
+      if (n < 0 && errno == EAGAIN) return;
+      c.paused = false;
+      if (n == 0 && opt_.reconnect) {
+        if (in_window(now)) ++stats_.reconnects;
+        c.resend = false;
+        return begin_connect(c, now);
+      }
+      if (n > 0 && in_window(now)) ++stats_.mismatches;
+      return broken(c, now, "read", n < 0 ? errno : 0);
+    }
     // Read only what the outstanding request can produce: anything beyond it would be a
     // server bug, and shows up as a mismatch on the next request.
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
@@ -755,6 +774,7 @@ class Worker {
     if (opt_.mode == Mode::Churn) return begin_connect(c, now);
     if (opt_.pause_ns) {
       c.step_at = now;  // idle by choice: not a stalled request
+      c.paused = true;
       paused_.emplace_back(now + opt_.pause_ns, tag(c));
       return;
     }
