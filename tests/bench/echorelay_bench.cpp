@@ -308,6 +308,9 @@ struct Stats {
   std::uint64_t lost = 0;
   std::uint64_t connects = 0;    // connects completed in the window
   std::uint64_t reconnects = 0;  // clean closes by the server at a request boundary (--reconnect)
+  // Of those, the closes that came after a request was sent (EOF before any reply byte):
+  // the request went again on a new connection, but the server dropped it.
+  std::uint64_t resent = 0;
   Histogram latency;
   std::atomic<std::uint64_t> progress{0};  // requests so far, read by the progress printer
 
@@ -319,6 +322,7 @@ struct Stats {
     lost += o.lost;
     connects += o.connects;
     reconnects += o.reconnects;
+    resent += o.resent;
     latency.merge(o.latency);
   }
 };
@@ -578,7 +582,10 @@ class Worker {
   // request boundary, as a draining server does. Not an error: connect again and send the
   // same request; its latency still runs from the first send.
   void reconnect(Conn& c, std::uint64_t now) {
-    if (in_window(now)) ++stats_.reconnects;
+    if (in_window(now)) {
+      ++stats_.reconnects;
+      ++stats_.resent;
+    }
     c.resend = true;
     begin_connect(c, now);
   }
@@ -1065,10 +1072,10 @@ void print_json(const Options& opt, const Stats& s, std::size_t connections) {
       "{\"mode\":\"%s\",\"target\":\"%s\",\"framing\":\"%s\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
       "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
       "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"connects\":%" PRIu64
-      ",\"reconnects\":%" PRIu64 "}\n",
+      ",\"reconnects\":%" PRIu64 ",\"resent\":%" PRIu64 "}\n",
       opt.mode_name.c_str(), opt.target.text.c_str(), framing, connections, opt.size, secs, s.requests, rate, mbps,
       static_cast<double>(s.latency.quantile(0.50)) / 1e3, static_cast<double>(s.latency.quantile(0.99)) / 1e3,
-      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects);
+      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects, s.resent);
   std::fflush(stdout);
 }
 
