@@ -547,7 +547,15 @@ class Worker {
         continue;
       }
       Conn* c = lookup(t);
-      if (c && c->state == Conn::State::Running) send_request(*c, now);
+      if (!c || c->state != Conn::State::Running) continue;
+      // A close that has already arrived is seen before sending, not after: the client
+      // could not know about one still in flight, but this one it can.
+      char peek = 0;
+      if (recv(c->fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        on_reply(*c, now);  // paused: a clean reconnect
+        continue;
+      }
+      send_request(*c, now);
     }
   }
 
