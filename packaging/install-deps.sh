@@ -8,6 +8,8 @@ packages=(
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   libsystemd-dev libc-ares-dev
   googletest libgtest-dev libgmock-dev
+  # tests/fuzz: clang 14 and its libFuzzer runtime (libclang_rt.fuzzer)
+  clang-14 libclang-rt-14-dev
   # real peers the tests talk to
   systemd iproute2 socat netcat-openbsd python3 procps dnsmasq-base
 )

@@ -15,6 +15,8 @@
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
 
+#include "admin/route.hpp"
+
 namespace echorelay::admin {
 
 namespace asio = boost::asio;
@@ -57,22 +59,28 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
       http::response<http::string_body> response(http::status::ok, request.version());
       response.set(http::field::server, "echorelayd");
       response.keep_alive(request.keep_alive());
-      const auto target = request.target();
-      if (request.method() != http::verb::get && request.method() != http::verb::head) {
-        response.result(http::status::method_not_allowed);
-        response.body() = "method not allowed\n";
-      } else if (target == "/metrics") {
-        response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-        response.body() = metrics.render_prometheus();
-      } else if (target == "/healthz") {
-        response.body() = "ok\n";
-      } else if (target == "/readyz") {
-        const bool is_ready = ready();
-        response.result(is_ready ? http::status::ok : http::status::service_unavailable);
-        response.body() = is_ready ? "ready\n" : "not ready\n";
-      } else {
-        response.result(http::status::not_found);
-        response.body() = "not found\n";
+      switch (route(request.method(), std::string_view(request.target().data(), request.target().size()))) {
+        case Route::MethodNotAllowed:
+          response.result(http::status::method_not_allowed);
+          response.body() = "method not allowed\n";
+          break;
+        case Route::Metrics:
+          response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+          response.body() = metrics.render_prometheus();
+          break;
+        case Route::Healthz:
+          response.body() = "ok\n";
+          break;
+        case Route::Readyz: {
+          const bool is_ready = ready();
+          response.result(is_ready ? http::status::ok : http::status::service_unavailable);
+          response.body() = is_ready ? "ready\n" : "not ready\n";
+          break;
+        }
+        case Route::NotFound:
+          response.result(http::status::not_found);
+          response.body() = "not found\n";
+          break;
       }
       response.prepare_payload();
       auto [wec, wn] = co_await http::async_write(stream, response, kUseAwaitable);

@@ -825,11 +825,13 @@ LoadResult Parser::run(std::string_view text) {
     if (root_.line == 0) root_ = {1, 1};
     for (auto&& [k, v] : root) {
       const std::string key(k.str());
+      // clang 14 (the fuzz build) cannot capture a structured binding in a lambda.
+      const toml::node& node = v;
       auto section = [&](auto read) {
-        if (auto* t = v.as_table()) {
+        if (auto* t = node.as_table()) {
           read(*t);
         } else {
-          wrong_type(v, key, "a table ([" + key + "])");
+          wrong_type(node, key, "a table ([" + key + "])");
         }
       };
       if (k == "daemon") {

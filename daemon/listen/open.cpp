@@ -14,6 +14,7 @@
 #include <charconv>
 #include <spdlog/spdlog.h>
 
+#include "listen/match.hpp"
 #include "net/socket_options.hpp"
 #include "udp/multicast.hpp"
 
@@ -28,13 +29,6 @@ int socket_type(const config::Listener& spec) { return spec.is_stream() ? SOCK_S
 std::string op_error(const char* op, const config::Listener& spec, const std::string& what) {
   return std::string(op) + " " + std::string(to_string(spec.protocol)) + " " + spec.endpoint.to_string() + ": " +
          what;
-}
-
-// The canonical form of the spec's address, as getsockname would report it.
-std::optional<net::Endpoint> canonical(const net::Endpoint& endpoint) {
-  auto addr = net::to_sockaddr(endpoint);
-  if (!addr) return std::nullopt;
-  return net::from_sockaddr(addr->get(), addr->len);
 }
 
 Result<uid_t> resolve_user(const std::string& owner) {
@@ -229,29 +223,18 @@ InheritedSockets::InheritedSockets(std::vector<os::InheritedFd> fds) {
 InheritedSockets::~InheritedSockets() = default;
 
 std::vector<net::Fd> InheritedSockets::take(const config::Listener& spec) {
-  std::vector<net::Fd> taken;
-  auto want = canonical(spec.endpoint);
-  if (!want) return taken;
-  const bool any_port = want->kind == net::Endpoint::Kind::Inet && want->port == 0;
-  auto fits = [&](int fd, bool by_name) {
-    auto id = net::identify_socket(fd);
-    if (!id || id->type != socket_type(spec)) return false;
-    if (any_port) {
-      // Port 0 means "any port": the name identifies the socket (a test's or a
-      // reload's port-0 listener keeps its port), but an address alone cannot.
-      net::Endpoint local = id->local;
-      local.port = 0;
-      return by_name && local == *want;
+  std::vector<InheritedFacts> facts(entries_.size());
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    facts[i].name = entries_[i].name;
+    facts[i].available = static_cast<bool>(entries_[i].fd);
+    if (!entries_[i].fd) continue;
+    if (auto id = net::identify_socket(entries_[i].fd.get())) {
+      facts[i].type = id->type;
+      facts[i].local = id->local;
     }
-    return id->local == *want;
-  };
-  for (auto& e : entries_) {
-    if (e.fd && e.name == spec.name && fits(e.fd.get(), true)) taken.push_back(std::move(e.fd));
   }
-  if (!taken.empty()) return taken;
-  for (auto& e : entries_) {
-    if (e.fd && fits(e.fd.get(), false)) taken.push_back(std::move(e.fd));
-  }
+  std::vector<net::Fd> taken;
+  for (std::size_t i : match_inherited(spec, facts)) taken.push_back(std::move(entries_[i].fd));
   return taken;
 }
 

@@ -134,6 +134,7 @@ struct Options {
   std::uint64_t loss_timeout_ns = 200'000'000;
   std::uint64_t connect_timeout_ns = 30'000'000'000;
   std::uint64_t request_timeout_ns = 0;  // 0 = off
+  std::uint64_t pause_ns = 0;  // pingpong/udp: think time between a reply and the next request
   std::size_t threads = 1;
   bool progress = false;
   bool reconnect = false;  // a clean EOF at a request boundary reconnects (not an error)
@@ -307,6 +308,9 @@ struct Stats {
   std::uint64_t lost = 0;
   std::uint64_t connects = 0;    // connects completed in the window
   std::uint64_t reconnects = 0;  // clean closes by the server at a request boundary (--reconnect)
+  // Of those, the closes that came after a request was sent (EOF before any reply byte):
+  // the request went again on a new connection, but the server dropped it.
+  std::uint64_t resent = 0;
   Histogram latency;
   std::atomic<std::uint64_t> progress{0};  // requests so far, read by the progress printer
 
@@ -318,6 +322,7 @@ struct Stats {
     lost += o.lost;
     connects += o.connects;
     reconnects += o.reconnects;
+    resent += o.resent;
     latency.merge(o.latency);
   }
 };
@@ -393,6 +398,7 @@ struct Conn {
   std::uint64_t started = 0;  // connect start (churn) or request sent (pingpong)
   std::uint64_t step_at = 0;  // last connect or request sent: what --request-timeout times
   bool resend = false;        // the request goes again on a new connection (--reconnect)
+  bool paused = false;        // --pause: between a reply and the next request, nothing outstanding
   std::uint64_t retry_at = 0;
   bool out_armed = false;
   std::vector<char> request;
@@ -458,11 +464,13 @@ class Worker {
       std::uint64_t now = now_ns();
       if (now >= clock_.measure_end()) break;
       retry_due(now);
+      resume_due(now);
       if (opt_.request_timeout_ns && opt_.mode != Mode::Bulk && now >= next_scan) {
         next_scan = now + 100'000'000;
         expire_stalled(now);
       }
-      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), down_.empty() ? 10 : 1);
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()),
+                               down_.empty() && paused_.empty() ? 10 : 1);
       now = now_ns();
       for (int i = 0; i < n; ++i) {
         Conn* c = lookup(events[i].data.u64);
@@ -504,6 +512,7 @@ class Worker {
     c.stream_sent = c.stream_got = 0;
     c.pending_head = c.pending_count = 0;
     c.handshake = false;
+    c.paused = false;
     if (!c.resend) c.started = now;
     c.step_at = now;
     c.fd = start_connect(opt_.target, true);
@@ -524,6 +533,30 @@ class Worker {
     }
     c.state = Conn::State::Connecting;
     watch(c, EPOLL_CTL_ADD, EPOLLOUT);
+  }
+
+  // --pause: connections waiting for their next request; an entry whose connection was
+  // replaced meanwhile (a reconnect resends by itself) no longer looks up and is dropped.
+  void resume_due(std::uint64_t now) {
+    if (paused_.empty()) return;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> due;
+    due.swap(paused_);
+    for (const auto& [at, t] : due) {
+      if (at > now) {
+        paused_.emplace_back(at, t);
+        continue;
+      }
+      Conn* c = lookup(t);
+      if (!c || c->state != Conn::State::Running) continue;
+      // A close that has already arrived is seen before sending, not after: the client
+      // could not know about one still in flight, but this one it can.
+      char peek = 0;
+      if (recv(c->fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        on_reply(*c, now);  // paused: a clean reconnect
+        continue;
+      }
+      send_request(*c, now);
+    }
   }
 
   void retry_due(std::uint64_t now) {
@@ -553,20 +586,16 @@ class Worker {
     begin_connect(c, now);
   }
 
-  // --reconnect: the server closed cleanly at a request boundary (its FIN is queued
-  // before we send the next request), as a draining server does. Not an error: connect
-  // again and go on.
-  void reconnect(Conn& c, std::uint64_t now) {
-    if (in_window(now)) ++stats_.reconnects;
-    c.resend = false;
-    begin_connect(c, now);
-  }
-
   // --reconnect: a request was sent and the answer was a clean EOF. The client cannot
-  // tell whether it was processed: a lost request, counted as an error; it is sent
-  // again on a new connection (its latency runs from the first send) to keep the load.
-  void eof_after_send(Conn& c, std::uint64_t now) {
-    if (in_window(now)) count_error("read (EOF after a sent request)", 0);
+  // tell whether it was processed, so it is resent on a new connection (its latency runs
+  // from the first send) and counted as `resent`, which the restart benchmark and the
+  // soak count as failures. (A close seen before sending is a clean reconnect: see
+  // on_reply.)
+  void reconnect(Conn& c, std::uint64_t now) {
+    if (in_window(now)) {
+      ++stats_.reconnects;
+      ++stats_.resent;
+    }
     c.resend = true;
     begin_connect(c, now);
   }
@@ -703,6 +732,7 @@ class Worker {
     // churn times the whole connect-to-close cycle; a resent request its first send
     if (opt_.mode != Mode::Churn && !c.resend) c.started = now;
     c.resend = false;
+    c.paused = false;
     if (!write_rest(c)) broken(c, now, "write", errno);
   }
 
@@ -724,11 +754,27 @@ class Worker {
   }
 
   void on_reply(Conn& c, std::uint64_t now) {
+    if (c.paused) {
+      // Nothing is outstanding: an EOF is a clean close at a request boundary (a draining
+      // server); --reconnect connects again and the next request goes out on the new
+      // connection. Any byte here is one the server should not have sent.
+      char stray = 0;
+      const ssize_t n = read(c.fd, &stray, 1);
+      if (n < 0 && errno == EAGAIN) return;
+      c.paused = false;
+      if (n == 0 && opt_.reconnect) {
+        if (in_window(now)) ++stats_.reconnects;
+        c.resend = false;
+        return begin_connect(c, now);
+      }
+      if (n > 0 && in_window(now)) ++stats_.mismatches;
+      return broken(c, now, "read", n < 0 ? errno : 0);
+    }
     // Read only what the outstanding request can produce: anything beyond it would be a
     // server bug, and shows up as a mismatch on the next request.
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
     if (n < 0 && errno == EAGAIN) return;
-    if (n == 0 && c.got == 0 && opt_.reconnect) return eof_after_send(c, now);
+    if (n == 0 && c.got == 0 && opt_.reconnect) return reconnect(c, now);
     // EOF inside a reply is a partial echo: an error, like a reset.
     if (n <= 0) return broken(c, now, c.got ? "read (partial echo)" : "read", n < 0 ? errno : 0);
     c.got += static_cast<std::size_t>(n);
@@ -743,9 +789,21 @@ class Worker {
     }
     ++c.seq;
     if (opt_.mode == Mode::Churn) return begin_connect(c, now);
+    if (opt_.pause_ns) {
+      c.step_at = now;  // idle by choice: not a stalled request
+      c.paused = true;
+      paused_.emplace_back(now + opt_.pause_ns, tag(c));
+      return;
+    }
     if (opt_.reconnect) {
+      // A draining server's FIN leaves with its last answer: already here, it is a
+      // clean close at a request boundary, seen before the next request is sent.
       char byte;
-      if (recv(c.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return reconnect(c, now);
+      if (recv(c.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        if (in_window(now)) ++stats_.reconnects;
+        c.resend = false;
+        return begin_connect(c, now);
+      }
     }
     send_request(c, now);
   }
@@ -811,6 +869,7 @@ class Worker {
       std::uint64_t id = 0;
       std::uint64_t seq = 0;
       std::uint64_t sent_at = 0;
+      std::uint64_t next_at = 0;  // --pause: when the next request goes; 0 = one is in flight
       std::vector<char> request;
     };
     std::vector<Sock> socks(conns_.size());
@@ -828,6 +887,7 @@ class Worker {
       build_frame(s.request, Framing::Raw, s.id, s.seq);
       for (int k = 0; k < 16; ++k) s.request[static_cast<std::size_t>(k)] = "0123456789abcdef"[(s.seq >> (60 - 4 * k)) & 15];
       s.sent_at = now;
+      s.next_at = 0;
       if (::send(s.fd, s.request.data(), s.request.size(), 0) < 0 && errno != EAGAIN && in_window(now))
         count_error("send", errno);
     };
@@ -838,6 +898,10 @@ class Worker {
       std::uint64_t now = now_ns();
       if (now >= clock_.measure_end()) break;
       for (auto& s : socks) {
+        if (s.next_at) {
+          if (now >= s.next_at) send(s, now);
+          continue;
+        }
         if (now - s.sent_at >= opt_.loss_timeout_ns) {
           if (in_window(now)) ++stats_.lost;
           send(s, now);
@@ -866,7 +930,8 @@ class Worker {
             stats_.latency.record(now - s.sent_at);
             stats_.progress.store(stats_.requests, std::memory_order_relaxed);
           }
-          send(s, now);
+          if (opt_.pause_ns) s.next_at = now + opt_.pause_ns;
+          else send(s, now);
         }
       }
     }
@@ -884,6 +949,7 @@ class Worker {
   Stats stats_;
   int logged_errors_ = 0;
   std::array<char, kMaxChunk> scratch_{};
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> paused_;  // (resume at, connection tag)
 };
 
 // ---------------------------------------------------------------------------------------
@@ -901,9 +967,11 @@ void usage() {
       "  --loss-timeout D  udp: a reply later than this is lost (default 200ms)\n"
       "  --threads N       load threads (default 1)     --progress   progress on stderr every second\n"
       "  --reconnect       pingpong: a close seen before the next request is sent reconnects\n"
-      "                    (counted as a reconnect, not an error); a clean EOF in place of a\n"
-      "                    reply to a sent request is an error, resent on a new connection\n"
+      "                    (a reconnect, not an error); a clean EOF in place of a reply to a\n"
+      "                    sent request reconnects and resends it (counted as resent: a failure)\n"
       "  --request-timeout D  pingpong/churn: a connect or request not done in D is an error (default 0s = off)\n"
+      "  --pause D         pingpong/udp: wait D after each reply before the next request (default 0s:\n"
+      "                    closed loop at full speed); paces a moderate load, e.g. for tests/soak/run\n"
       "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
       "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n"
       "  echorelay-bench notify PATH    bind an AF_UNIX datagram socket (sd_notify receiver) and print\n"
@@ -953,6 +1021,7 @@ Options parse_options(int argc, char** argv) {
     else if (arg == "--loss-timeout") opt.loss_timeout_ns = duration();
     else if (arg == "--connect-timeout") opt.connect_timeout_ns = duration();
     else if (arg == "--request-timeout") opt.request_timeout_ns = duration();
+    else if (arg == "--pause") opt.pause_ns = duration();
     else if (arg == "--threads") opt.threads = parse_count(value, "threads");
     else usage();
   }
@@ -1024,10 +1093,10 @@ void print_json(const Options& opt, const Stats& s, std::size_t connections) {
       "{\"mode\":\"%s\",\"target\":\"%s\",\"framing\":\"%s\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
       "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
       "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"connects\":%" PRIu64
-      ",\"reconnects\":%" PRIu64 "}\n",
+      ",\"reconnects\":%" PRIu64 ",\"resent\":%" PRIu64 "}\n",
       opt.mode_name.c_str(), opt.target.text.c_str(), framing, connections, opt.size, secs, s.requests, rate, mbps,
       static_cast<double>(s.latency.quantile(0.50)) / 1e3, static_cast<double>(s.latency.quantile(0.99)) / 1e3,
-      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects);
+      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects, s.resent);
   std::fflush(stdout);
 }
 
