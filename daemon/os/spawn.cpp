@@ -32,6 +32,22 @@ void write_decimal(char* out, long value) {
   out[n] = '\0';
 }
 
+// Async-signal-safe: strerrordesc_np only indexes glibc's table.
+void report_exec_failure(int fd, const char* path, int err) {
+  char line[512];
+  std::size_t n = 0;
+  auto put = [&](const char* s) {
+    while (*s != '\0' && n < sizeof line - 1) line[n++] = *s++;
+  };
+  const char* description = ::strerrordesc_np(err);
+  put("FAILED cannot run ");
+  put(path);
+  put(": execve: ");
+  put(description != nullptr ? description : "unknown error");
+  line[n++] = '\n';
+  (void)!::write(fd, line, n);
+}
+
 }  // namespace
 
 std::vector<std::string> current_environment() {
@@ -113,6 +129,9 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(path.c_str(), argv.data(), envp.data());
+    // Say why on the readiness pipe (the last fd passed): "FAILED cannot run PATH:
+    // execve: Permission denied" reads better than "exited with status 127".
+    if (request.extra_fd >= 0) report_exec_failure(3 + count - 1, path.c_str(), errno);
     ::_exit(127);
   }
 }
