@@ -39,6 +39,9 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
         co_await pause.async_wait(kUseAwaitable);
         continue;
       }
+      // Asio accepts without SOCK_CLOEXEC; this runs on the control thread, the one
+      // that forks a successor, so no fork can come between accept and this.
+      ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
       // A small cap: scrapes and probes need a handful, and idle connections held open
       // by a client must not eat the fds the listeners need.
       if (active >= max_connections) {
@@ -115,7 +118,7 @@ Result<net::Endpoint> Server::start(const net::Endpoint& listen, int inherited_f
   const tcp::endpoint endpoint(address, listen.port);
   auto& acceptor = impl_->acceptor;
   if (inherited_fd >= 0) {
-    acceptor.assign(endpoint.protocol(), ::dup(inherited_fd), ec);
+    acceptor.assign(endpoint.protocol(), ::fcntl(inherited_fd, F_DUPFD_CLOEXEC, 3), ec);
     const auto local = acceptor.local_endpoint(ec);
     // The admin address may have changed in the new config: then bind afresh.
     if (ec || local.address() != address || (listen.port != 0 && local.port() != listen.port)) {
@@ -124,6 +127,7 @@ Result<net::Endpoint> Server::start(const net::Endpoint& listen, int inherited_f
   }
   if (!acceptor.is_open()) {
     if (acceptor.open(endpoint.protocol(), ec); ec) return make_error("socket tcp " + listen.to_string() + ": " + ec.message());
+    ::fcntl(acceptor.native_handle(), F_SETFD, FD_CLOEXEC);  // the control thread: no fork in between
     acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
     if (acceptor.bind(endpoint, ec); ec) return make_error("bind tcp " + listen.to_string() + " (admin): " + ec.message());
     if (acceptor.listen(64, ec); ec) return make_error("listen tcp " + listen.to_string() + " (admin): " + ec.message());

@@ -100,7 +100,8 @@ struct App::Impl {
   void start_serving();
   void stop_serving();
   void become_main();
-  void begin_drain();
+  void begin_drain(bool successor_serves);
+  void close_listening_sockets(bool successor_serves);
   void check_drain();
   void finish_drain();
   void on_signal(const boost::system::error_code& ec, int signo);
@@ -263,12 +264,15 @@ std::string App::Impl::bound_addresses() const {
 std::string App::Impl::status_line() const {
   return fmt::format("serving {} listeners, {} connections, {} restarts", listeners.size(),
                      metrics.connections_active_total.load(std::memory_order_relaxed),
-                     metrics.restarts.load(std::memory_order_relaxed));
+                     metrics.restarts().load(std::memory_order_relaxed));
 }
 
 // This process now speaks for the service: pid file, then MAINPID and READY (a
 // supervisor or systemd follows MAINPID), the fd store, then the predecessor.
 void App::Impl::become_main() {
+  // A successor's readiness completes a hot restart: counted before READY=1, so a
+  // scrape that sees the new process sees the restart too.
+  if (options.ready_fd >= 0) metrics.restarts().fetch_add(1, std::memory_order_relaxed);
   is_main = true;
   ready = true;
   const pid_t pid = ::getpid();
@@ -298,7 +302,6 @@ void App::Impl::handed_over(pid_t successor) {
   is_main = false;
   // The successor serves these paths now; unlinking them would take its address away.
   for (auto& open : listeners) open.owns_path = false;
-  if (admin_server) admin_server->stop();
   watchdog_timer.cancel();
   if (draining) {
     // A stop aborted the restart but the successor got ready first: it is main now
@@ -307,11 +310,11 @@ void App::Impl::handed_over(pid_t successor) {
     return;
   }
   spdlog::info("successor pid {} serves; draining", successor);
-  begin_drain();
+  begin_drain(true);
 }
 
 void App::Impl::restart_failed(const std::string& reason) {
-  metrics.restart_failures.fetch_add(1, std::memory_order_relaxed);
+  metrics.restart_failures().fetch_add(1, std::memory_order_relaxed);
   // After STOPPING=1, READY=1 would tell the service manager we are serving again.
   if (!draining) os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
 }
@@ -338,7 +341,7 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
         break;
       }
       if (restarter) restarter->abort();
-      begin_drain();
+      begin_drain(false);
       break;
     case SIGHUP:
       if (draining) {
@@ -361,15 +364,32 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
   wait_for_signal();
 }
 
-void App::Impl::begin_drain() {
+// Our references to the listening sockets go at once. When nobody else holds a socket,
+// that closes it: new connections are refused and datagrams bounce (ECONNREFUSED),
+// which tells clients and load balancers to go elsewhere now, instead of completing
+// handshakes into a backlog that the exit resets. When a successor, systemd's fd store
+// or a socket unit holds it, it stays open there and new arrivals wait for that holder.
+void App::Impl::close_listening_sockets(bool successor_serves) {
+  // Connections already queued are ours to serve unless a successor is accepting.
+  for (auto& a : acceptors) a->pause(!successor_serves);
+  // The UDP echo answers what it has read, then no thread touches its sockets. A UDP
+  // relay's sessions still send replies from its sockets: those close at exit.
+  for (auto& u : udp_servers) u->stop();
+  for (auto& u : udp_relays) u->stop_reading();
+  for (auto& open : listeners) {
+    if (open.spec->handler == config::Handler::Relay && !open.spec->is_stream()) continue;
+    open.fds.clear();
+  }
+  if (admin_server) admin_server->stop();
+}
+
+void App::Impl::begin_drain(bool successor_serves) {
   draining = true;
   if (is_main) os::notify("STOPPING=1\nSTATUS=draining");
   drain_deadline = Clock::now() + config.daemon.drain_timeout;
   spdlog::info("drain: {} connections, deadline {}ms", metrics.connections_active_total.load(),
                config.daemon.drain_timeout.count());
-  for (auto& a : acceptors) a->pause();
-  for (auto& u : udp_servers) u->stop_reading();
-  for (auto& u : udp_relays) u->stop_reading();
+  close_listening_sockets(successor_serves);
   for (auto& w : pool.all()) {
     asio::post(w->ctx, [worker = w.get()] {
       worker->draining = true;
@@ -463,9 +483,17 @@ void App::Impl::remove_created_files() {
 int App::Impl::run() {
   ::signal(SIGPIPE, SIG_IGN);
   const auto fd_limit = os::raise_fd_limit();
-  // echorelay_restarts_total counts over the whole chain of successors.
+  // Counters go on from the service's totals (see obs::Registry); a predecessor of
+  // another version only tells how many restarts came before.
+  bool adopted_ledger = false;
+  if (const char* ledger_fd = std::getenv(lifecycle::kCountersFdEnv)) {
+    std::string error;
+    adopted_ledger = metrics.adopt_ledger(std::atoi(ledger_fd), error);
+    if (!adopted_ledger) spdlog::warn("counters start from 0: {}", error);
+    ::unsetenv(lifecycle::kCountersFdEnv);
+  }
   if (const char* restarts = std::getenv(lifecycle::kRestartsEnv)) {
-    metrics.restarts.store(std::strtoull(restarts, nullptr, 10));
+    if (!adopted_ledger) metrics.restarts().store(std::strtoull(restarts, nullptr, 10) - 1);
     ::unsetenv(lifecycle::kRestartsEnv);
   }
   // Registered before the listeners open, so a signal during start-up is handled by
@@ -498,18 +526,28 @@ int App::Impl::run() {
   restarter = std::make_unique<lifecycle::Restarter>(
       control, options.exe_path, options.argv, config.daemon.restart_timeout,
       lifecycle::Restarter::Hooks{
-          [this] { return handover_fds(); },
-          [this] {
-            std::string owned;
-            for (const auto& open : listeners) {
-              if (open.owns_path) owned += (owned.empty() ? "" : ":") + open.spec->name;
-            }
-            return std::vector<std::string>{
-                std::string(lifecycle::kOwnedPathsEnv) + "=" + owned,
-                std::string(lifecycle::kRestartsEnv) + "=" + std::to_string(metrics.restarts.load() + 1)};
-          },
-          [this](pid_t pid) { handed_over(pid); },
-          [this](const std::string& reason) { restart_failed(reason); }});
+          .handover_fds = [this] { return handover_fds(); },
+          .extra_env =
+              [this] {
+                std::string owned;
+                for (const auto& open : listeners) {
+                  if (open.owns_path) owned += (owned.empty() ? "" : ":") + open.spec->name;
+                }
+                return std::vector<std::string>{
+                    std::string(lifecycle::kOwnedPathsEnv) + "=" + owned,
+                    std::string(lifecycle::kRestartsEnv) + "=" + std::to_string(metrics.restarts().load() + 1)};
+              },
+          .extra_fds =
+              [this] {
+                // The successor starts from everything counted until now; what we
+                // count from here on is folded in when we exit.
+                metrics.fold_into_ledger();
+                std::vector<os::SpawnRequest::ExtraFd> fds;
+                if (metrics.ledger_fd() >= 0) fds.push_back({metrics.ledger_fd(), lifecycle::kCountersFdEnv});
+                return fds;
+              },
+          .on_ready = [this](pid_t pid) { handed_over(pid); },
+          .on_failed = [this](const std::string& reason) { restart_failed(reason); }});
 
   try {
     start_serving();
@@ -551,6 +589,8 @@ int App::Impl::run() {
   control.run();
 
   stop_serving();
+  // What we counted while draining reaches the successor's totals.
+  metrics.fold_into_ledger();
   if (is_main) {
     cleanup_files();
     if (!config.daemon.pid_file.empty()) {

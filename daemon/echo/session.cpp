@@ -4,6 +4,8 @@
 // the socket is not read: that is the back-pressure, and it keeps answers in order.
 #include "echo/session.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -15,6 +17,7 @@
 
 #include "echo/framing.hpp"
 #include "net/endpoint.hpp"
+#include "net/socket_options.hpp"
 
 namespace echorelay::echo {
 
@@ -27,6 +30,11 @@ std::atomic<std::uint64_t> next_session_id{1};
 // How long an idle session closed by a drain keeps reading after its FIN, so that
 // closing never finds unread bytes (which would make the kernel send RST).
 constexpr auto kLingerLimit = std::chrono::seconds(2);
+// A draining session between requests waits this long for the next one, to answer it
+// and close right behind the answer (the client then reads answer and EOF together and
+// knows it must reconnect before it sends again); only a client quiet for that long is
+// closed unasked, and only then can a request of its cross our FIN.
+constexpr auto kDrainIdleGrace = std::chrono::seconds(1);
 // Full reads (up to 1 MiB) per turn before the worker's other sessions get theirs.
 constexpr unsigned kReadsPerTurn = 16;
 
@@ -65,6 +73,11 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   }
 
   void on_deadline() override {
+    if (drain_idle_) {
+      drain_idle_ = false;
+      reason_ = "drained";
+      return start_linger(poller_.now());
+    }
     switch (deadline_reason_) {
       case obs::Refuse::WriteTimeout: return expire(deadline_reason_, "write timeout");
       case obs::Refuse::RequestTimeout: return expire(deadline_reason_, "request timeout");
@@ -78,14 +91,30 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
     finish();
   }
 
+  // Closing happens only right behind an answer, so a client never sees a clean EOF in
+  // place of an answer to a request it sent (see kDrainIdleGrace for the exception).
+  // A connection that has not been answered yet is not idle: its first request may be
+  // on the way (the client connected just before the drain); it is served, or closed
+  // by its read_timeout or the drain deadline.
   void drain() override {
+    if (draining_) return;
     draining_ = true;
-    // Only a session waiting for the start of a request is idle; one in the middle of
-    // a request finishes it and notices `draining_` at the boundary.
-    if (!lingering_ && unsent_.empty() && pending_.empty()) serve(Clock::now());
+    if (lingering_ || !unsent_.empty() || !pending_.empty()) return;  // closes at the boundary
+    if (waiting_in_socket()) return serve(Clock::now());
+    if (requests_ == 0) return;
+    const auto now = Clock::now();
+    if (now + kDrainIdleGrace < poller_deadline_) {
+      drain_idle_ = true;
+      poller_.set_deadline(*this, now + kDrainIdleGrace);
+    }
   }
 
-  void close_now() override { expire(obs::Refuse::Count, "drain timeout"); }
+  // Cut by the drain deadline: a reset, so that the client can tell it from an answer
+  // that simply ended.
+  void close_now() override {
+    (void)net::set_linger(fd_, 0);
+    expire(obs::Refuse::Count, "drain timeout");
+  }
 
  private:
   enum class Sent { All, Blocked, Failed };
@@ -110,7 +139,14 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
 
   void set_deadline(Clock::time_point deadline, obs::Refuse reason) {
     deadline_reason_ = reason;
+    poller_deadline_ = deadline;
+    drain_idle_ = false;
     poller_.set_deadline(*this, deadline);
+  }
+
+  bool waiting_in_socket() {
+    char probe;
+    return ::recv(fd_, &probe, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
   }
 
   // Reads and answers until the socket has nothing more, an answer cannot be sent
@@ -129,14 +165,10 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
         poller_.defer(*this);
         return;
       }
-      if (draining_ && pending_.empty()) {
-        // A request already waiting in the socket is one the peer sent before we
-        // closed: answer it first; only a truly idle connection is closed.
-        char probe;
-        if (::recv(fd_, &probe, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
-          reason_ = "drained";
-          return start_linger(now);
-        }
+      if (draining_ && pending_.empty() && requests_ > 0 && !waiting_in_socket()) {
+        // Right behind an answer, nothing more sent: the request boundary.
+        reason_ = "drained";
+        return start_linger(now);
       }
       const auto buf = scratch();
       const ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
@@ -155,6 +187,7 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
       }
       counters_.add(counters_.bytes_received, static_cast<std::uint64_t>(n));
       bytes_in_ += static_cast<std::uint64_t>(n);
+      if (drain_idle_) begin_request(now);  // a request came: its own timeouts apply
       if (!consume(std::span<const char>(buf.data(), static_cast<std::size_t>(n)), now)) return;
       // A short read emptied the socket: the next arrival is a new edge. After a
       // hang-up keep reading, to meet the FIN; while draining, go round to close at
@@ -182,8 +215,21 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
       if (from_scratch) pending_.assign(data.begin(), data.end());
       return true;
     }
+    // The last answer of a draining session leaves with the FIN in the same segment
+    // (corked until the shutdown), so a client that reads it sees EOF at once and
+    // never sends another request into a closing connection.
+    const bool last = draining_ && scan.complete == data.size() && !waiting_in_socket();
+    if (last) cork(true);
     // send_some copies what it cannot send before pending_ changes under `data`.
     const Sent sent = send_some(data.first(scan.complete));
+    if (last && sent == Sent::All) {
+      pending_.clear();
+      answered(scan.frames, now);
+      reason_ = "drained";
+      start_linger(now);
+      return false;
+    }
+    if (last) cork(false);
     if (sent == Sent::Failed) {
       finish();
       return false;
@@ -243,10 +289,17 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
     finish();
   }
 
-  // Half-close, then read and discard until the peer's FIN: closing with unread bytes
-  // would reset the connection and could destroy the peer's last answer in flight.
+  void cork(bool on) {
+    if (spec_.protocol != config::Protocol::Tcp) return;
+    const int value = on ? 1 : 0;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_CORK, &value, sizeof value);
+  }
+
+  // Half-close, then wait for the peer's FIN: closing with unread bytes would reset the
+  // connection and could destroy the peer's last answer in flight.
   void start_linger(Clock::time_point now) {
     ::shutdown(fd_, SHUT_WR);
+    cork(false);
     lingering_ = true;
     set_deadline(now + kLingerLimit, obs::Refuse::Count);
     linger_read();
@@ -255,8 +308,15 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   void linger_read() {
     for (;;) {
       const ssize_t n = ::recv(fd_, scratch().data(), scratch().size(), MSG_DONTWAIT);
-      if (n > 0 || (n < 0 && errno == EINTR)) continue;
+      if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return;
+      if (n > 0) {
+        // A request that crossed our FIN: it will not be answered, so the client must
+        // not take our FIN for a complete exchange. A reset tells it so on its next
+        // send or read.
+        reason_ = "request after drain close: reset";
+        (void)net::set_linger(fd_, 0);
+      }
       return finish();
     }
   }
@@ -295,7 +355,9 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   std::uint64_t bytes_out_ = 0;
   std::uint64_t requests_ = 0;
   const char* reason_ = "closed";
+  Clock::time_point poller_deadline_ = Clock::time_point::max();
   bool draining_ = false;
+  bool drain_idle_ = false;  // the deadline set is kDrainIdleGrace's, not a timeout
   bool lingering_ = false;
   bool peer_done_ = false;
 };

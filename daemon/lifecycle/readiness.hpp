@@ -12,8 +12,12 @@ inline constexpr const char* kReadyFdEnv = "ECHORELAY_READY_FD";
 // so the successor removes them at its own exit.
 inline constexpr const char* kOwnedPathsEnv = "ECHORELAY_OWNED_PATHS";
 
-// How many hot restarts came before this process (for echorelay_restarts_total).
+// How many hot restarts came before this process (for echorelay_restarts_total), for
+// a successor that cannot use the counter ledger below.
 inline constexpr const char* kRestartsEnv = "ECHORELAY_RESTARTS";
+// The counter ledger (obs::Registry): a memfd the successor maps to go on counting
+// from the service's totals.
+inline constexpr const char* kCountersFdEnv = "ECHORELAY_COUNTERS_FD";
 
 // Reads and unsets ECHORELAY_READY_FD; -1 when this process is not a successor.
 int take_ready_fd();

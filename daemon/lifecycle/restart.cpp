@@ -137,8 +137,8 @@ void Restarter::Impl::start() {
   request.env = os::current_environment();
   request.fds = hooks.handover_fds();
   request.extra_env = hooks.extra_env();
-  request.extra_fd = fds[1];
-  request.extra_fd_env = kReadyFdEnv;
+  request.extra_fds = hooks.extra_fds ? hooks.extra_fds() : std::vector<os::SpawnRequest::ExtraFd>{};
+  request.extra_fds.insert(request.extra_fds.begin(), {fds[1], kReadyFdEnv});
   started = std::chrono::steady_clock::now();
   auto pid = os::spawn_with_fds(request);
   ::close(fds[1]);

@@ -27,8 +27,10 @@ class Restarter {
   struct Hooks {
     // The sockets to hand over, named; called at each attempt (fds stay ours).
     std::function<std::vector<os::NamedFd>()> handover_fds;
-    // Extra "K=V" environment for the successor.
+    // Extra "K=V" environment for the successor, and more fds (named by environment
+    // variable) beside the readiness pipe; called right before each spawn.
     std::function<std::vector<std::string>()> extra_env;
+    std::function<std::vector<os::SpawnRequest::ExtraFd>()> extra_fds;
     std::function<void(pid_t successor)> on_ready;
     std::function<void(const std::string& reason)> on_failed;
   };

@@ -4,8 +4,11 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -24,24 +27,49 @@ using Clock = std::chrono::steady_clock;
 
 std::uint64_t default_max_connections(const config::Listener& spec);
 
+namespace {
+
+// Accepts per turn of the worker's loop before it serves its sessions again.
+constexpr unsigned kAcceptsPerTurn = 64;
+// Queued connections a stopping listener takes over before it closes.
+constexpr unsigned kBacklogTakeLimit = 4096;
+
+}  // namespace
+
 struct StreamAcceptor::Impl : std::enable_shared_from_this<Impl> {
   Impl(asio::io_context& c, int fd, const config::Listener& s, obs::ListenerCounters& k, Limits l, PickContext p,
        OnAccept o)
-      : ctx(c), acceptor(c), timer(c), spec(s), counters(k), limits(l), pick(std::move(p)), on_accept(std::move(o)) {
-    auto id = net::identify_socket(fd);
-    const int family = id ? id->domain : AF_INET;
-    const int protocol = family == AF_UNIX ? 0 : IPPROTO_TCP;
+      : ctx(c),
+        protocol(protocol_of(fd)),
+        acceptor(c),
+        timer(c),
+        spec(s),
+        counters(k),
+        limits(l),
+        pick(std::move(p)),
+        on_accept(std::move(o)) {
     boost::system::error_code ec;
-    acceptor.assign(asio::generic::stream_protocol(family, protocol), ::fcntl(fd, F_DUPFD_CLOEXEC, 3), ec);
+    acceptor.assign(protocol, ::fcntl(fd, F_DUPFD_CLOEXEC, 3), ec);
+    // accept4 runs until the queue is empty: on a blocking socket (systemd passes
+    // them blocking unless NonBlocking=yes) the last call would stall the worker.
+    if (!ec) acceptor.non_blocking(true, ec);
     if (ec) spdlog::error("listener {}: cannot start accepting: {}", spec.name, ec.message());
     max_connections = spec.max_connections != 0 ? spec.max_connections : default_max_connections(spec);
   }
 
+  static asio::generic::stream_protocol protocol_of(int fd) {
+    auto id = net::identify_socket(fd);
+    const int family = id ? id->domain : AF_INET;
+    return {family, family == AF_UNIX ? 0 : IPPROTO_TCP};
+  }
+
   asio::awaitable<void> loop();
+  int accept_one();
   bool allowed_peer(int fd);
   bool over_limit();
 
   asio::io_context& ctx;
+  const asio::generic::stream_protocol protocol;
   asio::basic_socket_acceptor<asio::generic::stream_protocol> acceptor;
   asio::steady_timer timer;
   const config::Listener& spec;
@@ -85,53 +113,71 @@ asio::awaitable<void> StreamAcceptor::Impl::loop() {
   auto self = shared_from_this();
   auto backoff = std::chrono::milliseconds(0);
   while (!paused && acceptor.is_open()) {
-    asio::io_context& target = pick();
-    auto [ec, socket] = co_await acceptor.async_accept(target, asio::as_tuple(asio::use_awaitable));
-    // A connection accepted just before pause() is served, not dropped: dropping it
-    // with its request unread would reset it. The drain reaches it on its worker.
-    if (ec == asio::error::operation_aborted || (ec && paused)) break;
-    if (ec) {
-      if (ec == asio::error::connection_aborted) continue;  // the peer gave up while queued
-      // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected: retrying at once would
-      // spin on a condition that takes time to clear.
-      counters.add(counters.accept_errors);
-      backoff = backoff.count() == 0 ? std::chrono::milliseconds(5) : std::min(backoff * 2, std::chrono::milliseconds(1000));
-      const auto now = Clock::now();
-      if (now - last_warning >= std::chrono::seconds(5)) {
-        last_warning = now;
-        spdlog::warn("listener {}: accept: {}; retrying in {}ms", spec.name, ec.message(), backoff.count());
-      }
-      timer.expires_after(backoff);
-      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    auto [ec] = co_await acceptor.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted || paused) break;
+    int err = ec ? ec.value() : 0;
+    // Edge-triggered underneath: accept until the queue is empty, yielding now and
+    // then so that one listener's burst does not starve the worker's sessions.
+    for (unsigned n = 1; err == 0 && !paused; ++n) {
+      err = accept_one();
+      if (err == 0 && n % kAcceptsPerTurn == 0) co_await asio::post(ctx, asio::use_awaitable);
+    }
+    if (err == EAGAIN || paused) {
+      backoff = std::chrono::milliseconds(0);
       continue;
     }
-    backoff = std::chrono::milliseconds(0);
-    counters.add(counters.connections_accepted);
-    if (over_limit()) {
-      counters.refuse(obs::Refuse::MaxConnections);
-      boost::system::error_code ignored;
-      socket.close(ignored);
-      continue;
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected: retrying at once would
+    // spin on a condition that takes time to clear.
+    counters.add(counters.accept_errors);
+    backoff = backoff.count() == 0 ? std::chrono::milliseconds(5) : std::min(backoff * 2, std::chrono::milliseconds(1000));
+    const auto now = Clock::now();
+    if (now - last_warning >= std::chrono::seconds(5)) {
+      last_warning = now;
+      spdlog::warn("listener {}: accept: {}; retrying in {}ms", spec.name, std::strerror(err), backoff.count());
     }
-    if (spec.protocol == config::Protocol::Unix && !allowed_peer(socket.native_handle())) {
-      counters.refuse(obs::Refuse::PeerNotAllowed);
-      boost::system::error_code ignored;
-      socket.close(ignored);
-      continue;
-    }
-    // Asio leaves an accepted socket blocking until it first waits on it; the sessions
-    // hand theirs to a Poller, where a blocking fd would stall the worker (splice(2)
-    // blocks on one whatever its flags say).
-    boost::system::error_code nb;
-    socket.non_blocking(true, nb);
-    if (nb) {
-      spdlog::warn("listener {}: cannot make a connection non-blocking: {}", spec.name, nb.message());
-      continue;  // closed by the socket's destructor
-    }
-    counters.connections_active.fetch_add(1, std::memory_order_relaxed);
-    limits.total_active->fetch_add(1, std::memory_order_relaxed);
-    on_accept(std::move(socket), lifecycle::ConnectionSlot(&counters, limits.total_active));
+    timer.expires_after(backoff);
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
   }
+}
+
+// One connection off the queue, handed on or refused; 0, or the errno that ends the
+// round (EAGAIN: the queue is empty).
+int StreamAcceptor::Impl::accept_one() {
+  // Close-on-exec from birth: a hot restart's fork must not hand connections to the
+  // successor (it would hold them for its whole life, and pass them on again).
+  const int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    // The peer gave up while queued, or a signal: go on with the next one.
+    if (err == ECONNABORTED || err == EINTR || err == EPROTO) return 0;
+    return err == EWOULDBLOCK ? EAGAIN : err;
+  }
+  counters.add(counters.connections_accepted);
+  if (over_limit()) {
+    counters.refuse(obs::Refuse::MaxConnections);
+    ::close(fd);
+    return 0;
+  }
+  if (spec.protocol == config::Protocol::Unix && !allowed_peer(fd)) {
+    counters.refuse(obs::Refuse::PeerNotAllowed);
+    ::close(fd);
+    return 0;
+  }
+  StreamSocket socket(pick());
+  boost::system::error_code ec;
+  socket.assign(protocol, fd, ec);
+  // Asio keeps its own idea of the blocking mode; the fd is non-blocking already, and
+  // the sessions hand theirs to a Poller, where a blocking fd would stall the worker.
+  if (!ec) socket.non_blocking(true, ec);
+  if (ec) {
+    spdlog::warn("listener {}: cannot take an accepted connection: {}", spec.name, ec.message());
+    if (!socket.is_open()) ::close(fd);
+    return 0;
+  }
+  counters.connections_active.fetch_add(1, std::memory_order_relaxed);
+  limits.total_active->fetch_add(1, std::memory_order_relaxed);
+  on_accept(std::move(socket), lifecycle::ConnectionSlot(&counters, limits.total_active));
+  return 0;
 }
 
 StreamAcceptor::StreamAcceptor(asio::io_context& ctx, int listen_fd, const config::Listener& spec,
@@ -145,9 +191,14 @@ void StreamAcceptor::start() {
   asio::co_spawn(impl->ctx, [impl] { return impl->loop(); }, asio::detached);
 }
 
-void StreamAcceptor::pause() {
-  asio::post(impl_->ctx, [impl = impl_] {
+void StreamAcceptor::pause(bool take_backlog) {
+  asio::post(impl_->ctx, [impl = impl_, take_backlog] {
     impl->paused = true;
+    if (take_backlog && impl->acceptor.is_open()) {
+      // Bounded: a flood arriving faster than we take it must not hold the drain.
+      for (unsigned n = 0; n < kBacklogTakeLimit && impl->accept_one() == 0; ++n) {
+      }
+    }
     boost::system::error_code ignored;
     impl->timer.cancel();
     impl->acceptor.close(ignored);

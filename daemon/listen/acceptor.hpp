@@ -36,7 +36,12 @@ class StreamAcceptor {
   ~StreamAcceptor();
 
   void start();  // any thread; the loop runs on `ctx`
-  void pause();  // stop accepting; posts to `ctx`; connections wait in the kernel backlog
+  // Stop accepting and close our duplicate of the listening socket; posts to `ctx`.
+  // With `take_backlog`, connections the kernel already completed are accepted first
+  // (they are served like any other): nobody else will accept them once the last
+  // holder closes the socket, and the kernel would reset them. Without, they wait in
+  // the backlog for whoever else holds the socket (a successor).
+  void pause(bool take_backlog = false);
 
  private:
   struct Impl;

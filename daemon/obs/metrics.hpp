@@ -4,9 +4,11 @@
 #pragma once
 
 #include <array>
+#include <tuple>
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -54,6 +56,8 @@ struct ListenerCounters {
   Counter accept_errors{0};  // accept() failures that made the listener back off
   std::array<Counter, static_cast<unsigned>(Drop::Count)> dropped{};
   std::array<Counter, static_cast<unsigned>(Refuse::Count)> refused{};
+  // What fold_into_ledger() already moved to the ledger, per for_each_counter index.
+  std::array<std::uint64_t, 64> folded{};
   // relay
   std::array<Counter, static_cast<unsigned>(UpstreamError::Count)> upstream_errors{};
   std::array<Counter, kConnectBuckets.size() + 1> connect_buckets{};  // last = +Inf
@@ -65,6 +69,24 @@ struct ListenerCounters {
   Gauge udp_sessions_active{0};
   Counter udp_sessions_evicted{0};  // closed for max_sessions
   Counter udp_sessions_expired{0};  // closed after session_timeout idle
+
+  // Every counter (not the gauges) in a fixed order: the layout of a ledger slot.
+  template <class F>
+  void for_each_counter(F&& f) {
+    for (Counter* c : {&connections_accepted, &requests, &bytes_received, &bytes_sent, &datagrams_received,
+                       &datagrams_sent, &accept_errors, &connect_count, &connect_micros, &upstream_bytes_sent,
+                       &upstream_bytes_received, &udp_sessions_evicted, &udp_sessions_expired}) {
+      f(*c);
+    }
+    for (auto& c : dropped) f(c);
+    for (auto& c : refused) f(c);
+    for (auto& c : upstream_errors) f(c);
+    for (auto& c : connect_buckets) f(c);
+  }
+  static constexpr std::size_t kCounterCount = 13 + static_cast<std::size_t>(Drop::Count) +
+                                               static_cast<std::size_t>(Refuse::Count) +
+                                               static_cast<std::size_t>(UpstreamError::Count) +
+                                               kConnectBuckets.size() + 1;
 
   void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
   void refuse(Refuse r) { add(refused[static_cast<unsigned>(r)]); }
@@ -79,20 +101,44 @@ struct ListenerCounters {
   }
 };
 
+static_assert(ListenerCounters::kCounterCount <= std::tuple_size_v<decltype(ListenerCounters::folded)>);
+
+// Counters survive hot restarts through a ledger: a shared-memory region (a memfd the
+// predecessor hands over beside the sockets) holding, per listener name, the totals
+// that processes of this service moved there. Every process exports ledger + what it
+// counted itself since it last folded. A process folds before it spawns a successor
+// (so the successor starts from its totals) and when it exits (so what it counted
+// while draining is not lost), and the service-wide counters live in the ledger only.
+// Gauges are never carried: they describe this process.
 class Registry {
  public:
+  Registry();
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
   // Returns the block for `name`, creating it once; the reference stays valid for the
   // registry's lifetime (blocks are never moved).
   ListenerCounters& listener(const std::string& name);
-  Counter restarts{0};          // echorelay_restarts_total
-  Counter restart_failures{0};  // echorelay_restart_failures_total
+  Counter& restarts() const;          // echorelay_restarts_total (lives in the ledger)
+  Counter& restart_failures() const;  // echorelay_restart_failures_total (likewise)
   Gauge connections_active_total{0};
+
+  // Takes over a predecessor's ledger (the fd is ours then); false, with the reason in
+  // `error`, when it cannot be used (another binary's layout): counting starts afresh.
+  bool adopt_ledger(int fd, std::string& error);
+  int ledger_fd() const;  // -1 without shared memory
+  // Adds what was counted since the last fold to the ledger.
+  void fold_into_ledger();
 
   std::string render_prometheus() const;
 
  private:
+  struct Ledger;
   mutable std::mutex mutex_;
   std::deque<ListenerCounters> listeners_;
+  std::unique_ptr<Ledger> ledger_;
+  const double start_time_seconds_;
 };
 
 }  // namespace echorelay::obs

@@ -11,3 +11,38 @@ namespace echorelay::os {
 rlim_t raise_fd_limit();
 
 }  // namespace echorelay::os
+
+#include <cstddef>
+
+#include "net/fd.hpp"
+#include "util/result.hpp"
+
+namespace echorelay::os {
+
+// A MAP_SHARED mapping of a memfd: memory that a successor maps too when it is handed
+// the fd, so both processes see the same bytes. Move-only; unmaps on destruction.
+class SharedMemory {
+ public:
+  SharedMemory() = default;
+  SharedMemory(SharedMemory&& other) noexcept;
+  SharedMemory& operator=(SharedMemory&& other) noexcept;
+  SharedMemory(const SharedMemory&) = delete;
+  SharedMemory& operator=(const SharedMemory&) = delete;
+  ~SharedMemory();
+
+  // A new zero-filled region of `size` bytes (memfd_create, close-on-exec).
+  static Result<SharedMemory> create(const char* name, std::size_t size);
+  // Maps an inherited memfd whole; takes ownership of `fd` and makes it close-on-exec.
+  static Result<SharedMemory> adopt(int fd);
+
+  void* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  int fd() const { return fd_.get(); }
+
+ private:
+  net::Fd fd_;
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+}  // namespace echorelay::os

@@ -4,12 +4,15 @@
 #include "os/spawn.hpp"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "lifecycle/readiness.hpp"
 #include "net/socket_options.hpp"
 
 extern char** environ;
@@ -61,7 +64,9 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
   for (const auto& e : request.env) {
     // A watchdog meant for us must not make the successor think it is watched under
     // our pid; systemd re-targets it through MAINPID.
-    if (starts_with(e, "LISTEN_FDS=") || (!request.extra_fd_env.empty() && starts_with(e, request.extra_fd_env + "=")) || starts_with(e, "LISTEN_PID=") || starts_with(e, "LISTEN_FDNAMES=") ||
+    const bool extra = std::any_of(request.extra_fds.begin(), request.extra_fds.end(),
+                                   [&](const SpawnRequest::ExtraFd& x) { return starts_with(e, x.env + "="); });
+    if (extra || starts_with(e, "LISTEN_FDS=") || starts_with(e, "LISTEN_PID=") || starts_with(e, "LISTEN_FDNAMES=") ||
         starts_with(e, "WATCHDOG_PID=")) {
       continue;
     }
@@ -72,7 +77,9 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
   env.push_back("LISTEN_FDS=" + std::to_string(request.fds.size()));
   env.push_back("LISTEN_FDNAMES=" + names);
   for (const auto& e : request.extra_env) env.push_back(e);
-  if (request.extra_fd >= 0) env.push_back(request.extra_fd_env + "=" + std::to_string(3 + request.fds.size()));
+  for (std::size_t i = 0; i < request.extra_fds.size(); ++i) {
+    env.push_back(request.extra_fds[i].env + "=" + std::to_string(3 + request.fds.size() + i));
+  }
   // Reserved room for the child's pid, filled in after fork.
   env.push_back("LISTEN_PID=" + std::string(23, '0'));
 
@@ -88,8 +95,18 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
 
   std::vector<int> sources;
   for (const auto& f : request.fds) sources.push_back(f.fd);
-  if (request.extra_fd >= 0) sources.push_back(request.extra_fd);
+  for (const auto& x : request.extra_fds) sources.push_back(x.fd);
+  // The readiness pipe, if passed, is where an execve failure is reported.
+  int report_fd = -1;
+  for (std::size_t i = 0; i < request.extra_fds.size(); ++i) {
+    if (request.extra_fds[i].env == lifecycle::kReadyFdEnv) report_fd = static_cast<int>(3 + request.fds.size() + i);
+  }
   const int count = static_cast<int>(sources.size());
+  // The fallback bound when close_range(2) is refused (seccomp in some containers).
+  rlimit files{};
+  const int max_fd = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                         ? static_cast<int>(std::min<rlim_t>(files.rlim_cur, 1 << 20))
+                         : 65536;
   std::vector<int> moved(sources.size(), -1);
   std::string path = request.path;
 
@@ -121,6 +138,12 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
       if (::dup2(moved[static_cast<std::size_t>(i)], 3 + i) < 0) ::_exit(126);
       ::close(moved[static_cast<std::size_t>(i)]);
     }
+    // A second line of defence behind CLOEXEC: an fd created without it (by a library,
+    // or by another thread between its socket() and fcntl()) must not reach the
+    // successor, which would hold it, unknowingly, for its whole life and pass it on.
+    if (::close_range(static_cast<unsigned>(3 + count), ~0U, 0) != 0) {
+      for (int fd = 3 + count; fd < max_fd; ++fd) ::close(fd);
+    }
     write_decimal(listen_pid_digits, static_cast<long>(::getpid()));
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
@@ -131,7 +154,7 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
     ::execve(path.c_str(), argv.data(), envp.data());
     // Say why on the readiness pipe (the last fd passed): "FAILED cannot run PATH:
     // execve: Permission denied" reads better than "exited with status 127".
-    if (request.extra_fd >= 0) report_exec_failure(3 + count - 1, path.c_str(), errno);
+    if (report_fd >= 0) report_exec_failure(report_fd, path.c_str(), errno);
     ::_exit(127);
   }
 }

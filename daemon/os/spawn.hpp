@@ -23,14 +23,19 @@ struct SpawnRequest {
   std::vector<std::string> env;    // "K=V"; LISTEN_* entries are dropped and rebuilt
   std::vector<NamedFd> fds;        // become 3 .. 3+n-1
   std::vector<std::string> extra_env;  // added as is
-  // One more fd (the readiness pipe), placed right after the sockets at 3+n and not
-  // counted in LISTEN_FDS; its number is passed as `extra_fd_env`=3+n.
-  int extra_fd = -1;
-  std::string extra_fd_env;
+  // More fds (the readiness pipe, the counter ledger), placed right after the sockets at
+  // 3+n, 3+n+1, ... and not counted in LISTEN_FDS; each number is passed as ENV=3+n+i.
+  struct ExtraFd {
+    int fd = -1;  // stays owned by the caller
+    std::string env;
+  };
+  std::vector<ExtraFd> extra_fds;
 };
 
 // Everything that allocates happens before fork(): the parent is multi-threaded, so
-// the child may only make async-signal-safe calls until execve. Returns the pid.
+// the child may only make async-signal-safe calls until execve. The child closes every
+// other fd before execve, CLOEXEC or not: the successor gets exactly what is listed.
+// Returns the pid.
 Result<pid_t> spawn_with_fds(const SpawnRequest& request);
 
 // The current environment as "K=V" strings.

@@ -10,6 +10,8 @@
 #include <netdb.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -172,6 +174,26 @@ struct Resolver::Impl {
   static void on_addrinfo(void* arg, int status, int timeouts, ares_addrinfo* res);
 };
 
+
+namespace {
+
+// c-ares makes its sockets close-on-exec only after creating them, and it runs on the
+// resolver's thread while the control thread may fork a successor: create them so.
+ares_socket_t cloexec_socket(int domain, int type, int protocol, void*) {
+  return ::socket(domain, type | SOCK_CLOEXEC, protocol);
+}
+int plain_close(ares_socket_t fd, void*) { return ::close(fd); }
+int plain_connect(ares_socket_t fd, const sockaddr* addr, ares_socklen_t len, void*) { return ::connect(fd, addr, len); }
+ares_ssize_t plain_recvfrom(ares_socket_t fd, void* data, size_t len, int flags, sockaddr* from, ares_socklen_t* from_len,
+                            void*) {
+  return ::recvfrom(fd, data, len, flags, from, from_len);
+}
+ares_ssize_t plain_sendv(ares_socket_t fd, const iovec* iov, int count, void*) { return ::writev(fd, iov, count); }
+
+const ares_socket_functions kCloexecSockets{cloexec_socket, plain_close, plain_connect, plain_recvfrom, plain_sendv};
+
+}  // namespace
+
 Resolver::Impl::Impl(const config::Resolver& config) : config_(config) {
   // Go's resolver semantics: `attempts` rounds over all servers, `timeout` per try.
   // c-ares doubles its per-try timeout after each round, so the total is enforced
@@ -223,6 +245,7 @@ void Resolver::Impl::init_ares() {
     init_error_ = std::string("c-ares: ") + ares_strerror(status);
     return;
   }
+  ares_set_socket_functions(channel_, &kCloexecSockets, nullptr);
 
   std::vector<ares_addr_port_node> nodes(config_.servers.size());
   for (std::size_t i = 0; i < nodes.size(); ++i) {

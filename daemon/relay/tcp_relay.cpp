@@ -142,7 +142,12 @@ class RelayPump final : public lifecycle::Session {
   // A relayed connection is not ours to cut at a request boundary: it runs until it
   // ends or the drain deadline passes.
   void drain() override {}
-  void close_now() override { abort("drain timeout"); }
+  // Cut by the drain deadline: reset both sides, so that neither takes the cut for a
+  // stream that ended (the same as an echo session cut by it).
+  void close_now() override {
+    for (End* e : {&client_, &upstream_}) (void)net::set_linger(e->fd, 0);
+    abort("drain timeout");
+  }
 
  private:
   enum class Step { Go, Wait, Ended };
@@ -381,6 +386,7 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   void close_now() override {
     aborted_ = true;
     reason_ = "drain timeout";
+    (void)net::set_linger(client_.native_handle(), 0);
     boost::system::error_code ignored;
     client_.cancel(ignored);
   }

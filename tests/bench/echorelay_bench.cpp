@@ -553,11 +553,20 @@ class Worker {
     begin_connect(c, now);
   }
 
-  // --reconnect: the server closed cleanly (EOF) before any byte of the reply, i.e. at a
-  // request boundary, as a draining server does. Not an error: connect again and send the
-  // same request; its latency still runs from the first send.
+  // --reconnect: the server closed cleanly at a request boundary (its FIN is queued
+  // before we send the next request), as a draining server does. Not an error: connect
+  // again and go on.
   void reconnect(Conn& c, std::uint64_t now) {
     if (in_window(now)) ++stats_.reconnects;
+    c.resend = false;
+    begin_connect(c, now);
+  }
+
+  // --reconnect: a request was sent and the answer was a clean EOF. The client cannot
+  // tell whether it was processed: a lost request, counted as an error; it is sent
+  // again on a new connection (its latency runs from the first send) to keep the load.
+  void eof_after_send(Conn& c, std::uint64_t now) {
+    if (in_window(now)) count_error("read (EOF after a sent request)", 0);
     c.resend = true;
     begin_connect(c, now);
   }
@@ -719,7 +728,7 @@ class Worker {
     // server bug, and shows up as a mismatch on the next request.
     const ssize_t n = read(c.fd, c.reply.data() + c.got, c.reply.size() - c.got);
     if (n < 0 && errno == EAGAIN) return;
-    if (n == 0 && c.got == 0 && opt_.reconnect) return reconnect(c, now);
+    if (n == 0 && c.got == 0 && opt_.reconnect) return eof_after_send(c, now);
     // EOF inside a reply is a partial echo: an error, like a reset.
     if (n <= 0) return broken(c, now, c.got ? "read (partial echo)" : "read", n < 0 ? errno : 0);
     c.got += static_cast<std::size_t>(n);
@@ -734,6 +743,10 @@ class Worker {
     }
     ++c.seq;
     if (opt_.mode == Mode::Churn) return begin_connect(c, now);
+    if (opt_.reconnect) {
+      char byte;
+      if (recv(c.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return reconnect(c, now);
+    }
     send_request(c, now);
   }
 
@@ -887,8 +900,9 @@ void usage() {
       "  --duration D      measured time (default 5s)   --warmup D   unmeasured time first (default 1s)\n"
       "  --loss-timeout D  udp: a reply later than this is lost (default 200ms)\n"
       "  --threads N       load threads (default 1)     --progress   progress on stderr every second\n"
-      "  --reconnect       pingpong/churn: a clean EOF before any reply byte reconnects and resends\n"
-      "                    (counted as reconnects, not errors)\n"
+      "  --reconnect       pingpong: a close seen before the next request is sent reconnects\n"
+      "                    (counted as a reconnect, not an error); a clean EOF in place of a\n"
+      "                    reply to a sent request is an error, resent on a new connection\n"
       "  --request-timeout D  pingpong/churn: a connect or request not done in D is an error (default 0s = off)\n"
       "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
       "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n"

@@ -604,7 +604,7 @@ Outcome round_trip(int fd, std::string_view request, Millis timeout, int* err) {
 }
 
 std::uint64_t LoadCounters::failures() const {
-  return failed_connects + resets + partial + wrong + timeouts + errors + udp_wrong;
+  return failed_connects + resets + partial + wrong + timeouts + errors + udp_wrong + eof_after_send;
 }
 
 std::string payload(std::uint64_t seed, std::size_t n) {
@@ -655,10 +655,17 @@ void Load::stop() {
 namespace {
 
 // Counts an outcome; returns true when the request must be retried on a new connection.
+// EOF already queued on an idle connection (no request outstanding).
+bool closed_by_peer(int fd) {
+  char byte;
+  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0;
+}
+
 bool account(LoadCounters& c, Outcome o) {
   switch (o) {
     case Outcome::Ok: ++c.requests_ok; return false;
-    case Outcome::CleanClose: ++c.clean_closes; return true;
+    case Outcome::CleanClose: ++c.eof_after_send; return true;
     case Outcome::Reset: ++c.resets; return true;
     case Outcome::Partial: ++c.partial; return true;
     case Outcome::Wrong: ++c.wrong; return true;
@@ -686,7 +693,7 @@ void Load::run_churn(std::string address, int id, Millis pause) {
                           payload(seq * 131 + static_cast<std::uint64_t>(id), 10 + seq % 200) + "\n";
     Outcome o = round_trip(fd.get(), request, 3000ms, &err);
     bool retry = account(counters_, o);
-    if (o != Outcome::Ok && o != Outcome::CleanClose)
+    if (o != Outcome::Ok)
       note("churn " + std::to_string(id) + " seq " + std::to_string(seq) + ": " + to_string(o) +
            (err ? std::string(" (") + std::strerror(err) + ")" : ""));
     if (!retry) ++seq;
@@ -710,11 +717,18 @@ void Load::run_persistent(std::string address, int id, Millis pause) {
       }
       ++counters_.connects;
     }
+    // A server closing at a request boundary has sent its FIN right behind the last
+    // answer: seen here, before anything is sent, it is a reconnect, not a failure.
+    if (closed_by_peer(fd.get())) {
+      ++counters_.clean_closes;
+      fd.reset();
+      continue;
+    }
     std::string request = "ping " + std::to_string(id) + " " + std::to_string(seq) + " " +
                           payload(seq * 7919 + static_cast<std::uint64_t>(id), 1 + seq % 300) + "\n";
     Outcome o = round_trip(fd.get(), request, 3000ms, &err);
     bool retry = account(counters_, o);
-    if (o != Outcome::Ok && o != Outcome::CleanClose)
+    if (o != Outcome::Ok)
       note("persistent " + std::to_string(id) + " seq " + std::to_string(seq) + ": " + to_string(o) +
            (err ? std::string(" (") + std::strerror(err) + ")" : ""));
     if (retry) {
@@ -783,7 +797,8 @@ std::string Load::summary() const {
   std::ostringstream s;
   s << "requests ok " << c.requests_ok << ", connects " << c.connects << ", failed connects " << c.failed_connects
     << ", resets " << c.resets << ", partial " << c.partial << ", wrong " << c.wrong << ", timeouts " << c.timeouts
-    << ", errors " << c.errors << ", clean closes " << c.clean_closes << "; udp sent " << c.udp_sent << ", answered "
+    << ", errors " << c.errors << ", EOF after a sent request " << c.eof_after_send << ", clean closes (seen before sending) "
+    << c.clean_closes << "; udp sent " << c.udp_sent << ", answered "
     << c.udp_answered << ", lost " << c.udp_lost << ", wrong " << c.udp_wrong;
   std::lock_guard lock(mu_);
   for (const auto& n : notes_) s << "\n  " << n;

@@ -211,7 +211,12 @@ struct LoadCounters {
   std::atomic<std::uint64_t> wrong{0};
   std::atomic<std::uint64_t> timeouts{0};
   std::atomic<std::uint64_t> errors{0};
-  std::atomic<std::uint64_t> clean_closes{0};  // allowed: EOF at a request boundary, retried
+  // Allowed: the server closed at a request boundary, seen before the next request was
+  // sent (the client reconnects and sends it there).
+  std::atomic<std::uint64_t> clean_closes{0};
+  // A failure: a request was sent and the answer was a clean EOF (the request is lost
+  // to a client that cannot tell whether it was processed).
+  std::atomic<std::uint64_t> eof_after_send{0};
   std::atomic<std::uint64_t> udp_sent{0};
   std::atomic<std::uint64_t> udp_answered{0};
   std::atomic<std::uint64_t> udp_lost{0};
@@ -231,7 +236,7 @@ class Load {
 
   // connect, one line, verify, close; `pause` between connections.
   void churn(const std::string& address, int clients, Millis pause = 10ms);
-  // one connection each, ping-pong lines; on a clean close reconnect and retry.
+  // one connection each, ping-pong lines; a close seen before sending means reconnect.
   void persistent(const std::string& address, int clients, Millis pause = 2ms);
   // one UDP socket, one datagram in flight, `wait` per datagram, no retries.
   void udp(const std::string& address, Millis pause = 2ms, Millis wait = 1000ms);

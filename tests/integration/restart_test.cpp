@@ -36,7 +36,15 @@ bool exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
+// 50 restarts as issue 8 asks; 20 under the sanitizers, which slow every process
+// several times over and run this suite twice more.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kStormRestarts = 20;
+#else
+constexpr int kStormRestarts = 50;
+#endif
+
+TEST(RestartStorm, HotRestartsUnderLoadLoseNoConnectionNoRequest) {
   TempDir sockets;
   const std::string unix_path = sockets.file("storm.sock");
   ServiceUnderTest svc(storm_config(unix_path, false));
@@ -47,7 +55,7 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   ASSERT_FALSE(svc.has_address("extra"));
 
   Load load;
-  load.churn(tcp, 4);
+  load.churn(tcp, 8);
   load.churn(unix_path, 4);
   load.persistent(tcp, 4);
   load.persistent(unix_path, 4);
@@ -58,8 +66,7 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   std::vector<std::size_t> handover_index;  // index of each successor's READY message
   std::vector<long> restart_ms;
   std::string last_extra;
-  const int kRestarts = 20;
-  for (int i = 0; i < kRestarts; ++i) {
+  for (int i = 0; i < kStormRestarts; ++i) {
     const bool with_extra = i % 2 == 0;  // 1st restart adds "extra", 2nd removes it, ...
     const auto round_start = Clock::now();
     svc.write_config(storm_config(unix_path, with_extra));
@@ -111,6 +118,7 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   EXPECT_EQ(c.wrong, 0u) << load.summary();
   EXPECT_EQ(c.timeouts, 0u) << load.summary();
   EXPECT_EQ(c.errors, 0u) << load.summary();
+  EXPECT_EQ(c.eof_after_send, 0u) << "requests sent and answered with EOF: " << load.summary();
   EXPECT_EQ(c.udp_wrong, 0u) << load.summary();
   EXPECT_GT(c.requests_ok, 1000u);
   EXPECT_GT(c.udp_sent, 1000u);
@@ -138,7 +146,7 @@ TEST(RestartStorm, TwentyHotRestartsUnderLoadLoseNoConnectionNoRequest) {
   Fd u = connect_to(unix_path);
   ASSERT_TRUE(u);
   EXPECT_TRUE(echo_line(u.get(), "unix still serves\n"));
-  EXPECT_EQ(fetch_metric(admin, "echorelay_restarts_total", {}), std::optional<double>(kRestarts));
+  EXPECT_EQ(fetch_metric(admin, "echorelay_restarts_total", {}), std::optional<double>(kStormRestarts));
   EXPECT_EQ(fetch_metric(admin, "echorelay_restart_failures_total", {}), std::optional<double>(0));
 
   ASSERT_TRUE(svc.signal(SIGTERM));
