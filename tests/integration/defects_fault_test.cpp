@@ -199,7 +199,8 @@ address = "127.0.0.1:0"
 )",
                           options);
   ASSERT_TRUE(daemon.start()) << daemon.log();
-  ASSERT_TRUE(has_line_containing(daemon.log(), "open files limit 256")) << daemon.log();
+  // The "ready" line may reach the log just after READY=1.
+  ASSERT_TRUE(wait_until([&] { return has_line_containing(daemon.log(), "open files limit 256"); })) << daemon.log();
   std::vector<Fd> hogs;
   // 300 clients: more than the ~220 fds the daemon has left, so before the per-listener
   // default every accept after that failed with EMFILE, on every listener.
