@@ -63,8 +63,15 @@ int main(int argc, char** argv) {
   probe_cmd->add_option("address", probe.address, "tcp://host:port, udp://host:port, unix:///path, unix://@name")
       ->required();
   probe_cmd->add_option("--timeout", probe.timeout, "how long to wait, e.g. 2s");
+  probe_cmd->add_option("--framing", probe.framing, "line (default), length-prefixed or raw, as the listener frames");
 
-  CLI11_PARSE(cli, argc, argv);
+  // A usage error exits 2 (as nc and most CLI tools do), apart from a failed check (1).
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = cli.exit(e);
+    return code == 0 ? 0 : app::kProbeUsage;
+  }
 
   if (version) {
     std::printf("echorelayd %s\n", kVersion);

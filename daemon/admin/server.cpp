@@ -44,7 +44,21 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
       // Asio accepts without SOCK_CLOEXEC; this runs on the control thread, the one
       // that forks a successor, so no fork can come between accept and this.
       ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
-      asio::co_spawn(ctx, serve(beast::tcp_stream(std::move(socket))), asio::detached);
+      // A small cap: scrapes and probes need a handful, and idle connections held open
+      // by a client must not eat the fds the listeners need.
+      if (active >= max_connections) {
+        refused += 1;
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_warning >= std::chrono::seconds(5)) {
+          last_warning = now;
+          spdlog::warn("admin: {} connections open (max_connections); closing new ones ({} so far)", active, refused);
+        }
+        boost::system::error_code ignored;
+        socket.close(ignored);
+        continue;
+      }
+      ++active;
+      asio::co_spawn(ctx, serve(beast::tcp_stream(std::move(socket))), [self](std::exception_ptr) { --self->active; });
     }
   }
 
@@ -91,6 +105,10 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
   }
 
   asio::io_context& ctx;
+  std::uint64_t max_connections = 64;
+  std::uint64_t active = 0;  // the control loop's thread only
+  std::uint64_t refused = 0;
+  std::chrono::steady_clock::time_point last_warning{};
   tcp::acceptor acceptor;
   const obs::Registry& metrics;
   std::function<bool()> ready;
@@ -130,6 +148,8 @@ Result<net::Endpoint> Server::start(const net::Endpoint& listen, int inherited_f
   asio::co_spawn(impl->ctx, [impl] { return impl->accept_loop(); }, asio::detached);
   return bound;
 }
+
+void Server::set_max_connections(std::uint64_t n) { impl_->max_connections = n; }
 
 int Server::native_handle() { return impl_->acceptor.is_open() ? impl_->acceptor.native_handle() : -1; }
 

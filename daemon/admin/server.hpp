@@ -3,6 +3,7 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <cstdint>
 #include <functional>
 #include <memory>
 
@@ -23,6 +24,8 @@ class Server {
   Result<net::Endpoint> start(const net::Endpoint& listen, int inherited_fd = -1);
   // The listening socket, for handing over; -1 when not started.
   int native_handle();
+  // Connections served at once; one more is closed at once (its fd is not kept).
+  void set_max_connections(std::uint64_t n);
   void stop();
 
  private:

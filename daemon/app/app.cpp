@@ -26,6 +26,7 @@
 #include "lifecycle/restart.hpp"
 #include "listen/acceptor.hpp"
 #include "listen/open.hpp"
+#include "net/own_listeners.hpp"
 #include "obs/metrics.hpp"
 #include "os/resources.hpp"
 #include "os/systemd.hpp"
@@ -168,6 +169,7 @@ Result<void> App::Impl::start_admin(listen::InheritedSockets& inherited) {
   net::Fd inherited_admin = inherited.take_named(kAdminFdName);
   if (!config.admin.enabled) return {};
   admin_server = std::make_unique<admin::Server>(control, metrics, [this] { return !draining; });
+  admin_server->set_max_connections(config.admin.max_connections);
   auto bound = admin_server->start(config.admin.listen, inherited_admin.get());
   if (!bound) return make_error(bound.error());
   admin_bound = *bound;
@@ -181,6 +183,11 @@ void App::Impl::start_serving() {
   std::size_t index = 0;
   for (const auto& spec : config.listeners) {
     if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<relay::Resolver>(config.resolver);
+  }
+  // Every listening address is known before any serves: the UDP loop checks and the
+  // relays' self-dial check read it (net/own_listeners.hpp).
+  for (auto& open : listeners) {
+    for (auto& fd : open.fds) net::own::add_listener(fd.get(), open.spec->handler == config::Handler::Relay);
   }
   for (auto& open : listeners) {
     const auto& spec = *open.spec;

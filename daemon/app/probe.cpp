@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -26,6 +27,11 @@ int fail(const std::string& message) {
   return 1;
 }
 
+int usage(const std::string& message) {
+  std::fprintf(stderr, "probe: %s\n", message.c_str());
+  return kProbeUsage;
+}
+
 int remaining_ms(Clock::time_point deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return left > 0 ? static_cast<int>(left) : 0;
@@ -40,20 +46,23 @@ bool wait_for(int fd, short events, Clock::time_point deadline) {
 
 int run_probe(const ProbeOptions& options) {
   auto timeout = config::parse_duration(options.timeout);
-  if (!timeout) return fail("--timeout: " + timeout.error());
+  if (!timeout) return usage("--timeout: " + timeout.error());
+  if (options.framing != "line" && options.framing != "length-prefixed" && options.framing != "raw") {
+    return usage("--framing: \"" + options.framing + "\" is not one of line, length-prefixed or raw");
+  }
   const auto deadline = Clock::now() + *timeout;
 
   const std::string& address = options.address;
   const auto scheme_end = address.find("://");
-  if (scheme_end == std::string::npos) return fail("address must start with tcp://, udp:// or unix://");
+  if (scheme_end == std::string::npos) return usage("address must start with tcp://, udp:// or unix://");
   const std::string scheme = address.substr(0, scheme_end);
   const std::string rest = address.substr(scheme_end + 3);
-  if (scheme != "tcp" && scheme != "udp" && scheme != "unix") return fail("unknown scheme \"" + scheme + "\"");
+  if (scheme != "tcp" && scheme != "udp" && scheme != "unix") return usage("unknown scheme \"" + scheme + "\"");
   auto endpoint = net::parse_endpoint(rest);
-  if (!endpoint) return fail(endpoint.error());
-  if ((scheme == "unix") != endpoint->is_unix()) return fail("address does not fit scheme " + scheme);
+  if (!endpoint) return usage(endpoint.error());
+  if ((scheme == "unix") != endpoint->is_unix()) return usage("address does not fit scheme " + scheme);
   auto addr = net::to_sockaddr(*endpoint);
-  if (!addr) return fail(addr.error());
+  if (!addr) return usage(addr.error());
 
   const bool datagram = scheme == "udp";
   net::Fd fd(::socket(addr->family(), (datagram ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -67,7 +76,18 @@ int run_probe(const ProbeOptions& options) {
   ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
   if (err) return fail("connect " + rest + ": " + net::errno_text(err));
 
-  const std::string request = "echorelay-probe " + std::to_string(::getpid()) + "\n";
+  // A datagram is its own frame; a stream request is framed as the listener expects.
+  const std::string payload = "echorelay-probe " + std::to_string(::getpid());
+  std::string request;
+  if (datagram || options.framing == "line") {
+    request = payload + "\n";
+  } else if (options.framing == "length-prefixed") {
+    const auto n = static_cast<std::uint32_t>(payload.size());
+    request = {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n)};
+    request += payload;
+  } else {
+    request = payload;
+  }
   if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
     return fail("send: " + net::errno_text(errno));
   }

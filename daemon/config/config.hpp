@@ -48,6 +48,7 @@ struct Log {
 struct Admin {
   bool enabled = false;  // the [admin] table is present
   net::Endpoint listen;  // default 127.0.0.1:9101
+  std::uint64_t max_connections = 64;  // admin connections served at once
 };
 
 struct Resolver {
@@ -55,6 +56,8 @@ struct Resolver {
   Duration timeout = std::chrono::seconds(2);
   unsigned attempts = 2;
 };
+
+inline constexpr std::uint32_t kDefaultRateLimit = 10000;
 
 struct Listener {
   std::string name;
@@ -86,8 +89,13 @@ struct Listener {
   std::uint32_t queue = 4096;
   unsigned sockets = 1;
   std::uint32_t max_datagram = 65507;
-  std::uint32_t rate_limit = 0;  // datagrams/s per source, 0 = off
+  // Datagrams/s per source address, 0 = off. On by default: it ends any echo loop the
+  // address checks cannot see (two daemons bouncing answers off each other).
+  std::uint32_t rate_limit = kDefaultRateLimit;
   std::vector<std::uint16_t> deny_source_ports = {7, 13, 17, 19, 37};
+  // Unless deny_source_ports is written: every UDP port this daemon listens on is
+  // denied too. (A source that is one of our own listening addresses never is answered.)
+  bool deny_own_ports = true;
 
   // multicast
   std::string interface;  // empty = all multicast-capable interfaces

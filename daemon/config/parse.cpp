@@ -2,9 +2,11 @@
 // (1) walk the tables, type-check and convert each key; (2) cross-field rules
 // (unique names and addresses, keys that need an IPv6 or a filesystem address).
 // toml++ exceptions stop here; nothing in this file opens a socket or logs.
+#include <arpa/inet.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -35,14 +37,50 @@ const std::vector<std::string_view> kTopLevelKeys = {"daemon", "log", "admin", "
 const std::vector<std::string_view> kDaemonKeys = {"workers", "drain_timeout", "restart_timeout", "max_connections",
                                                    "pid_file"};
 const std::vector<std::string_view> kLogKeys = {"level", "format"};
-const std::vector<std::string_view> kAdminKeys = {"listen"};
+const std::vector<std::string_view> kAdminKeys = {"listen", "max_connections"};
 const std::vector<std::string_view> kResolverKeys = {"servers", "timeout", "attempts"};
+
+// Control bytes are written escaped: a diagnostic is one line, whatever the file holds.
+std::string escaped(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c < 0x20 || c == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 std::string quoted(std::string_view s) {
   std::string out = "\"";
-  out.append(s);
+  out += escaped(s);
   out += '"';
   return out;
+}
+
+// NUL, newlines and the other C0 bytes and DEL: never part of a name or path an
+// operator means, and they would split log lines and the bound-addresses file.
+std::optional<unsigned char> control_byte(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return c;
+  }
+  return std::nullopt;
+}
+
+std::string control_message(std::string_view s, unsigned char c) {
+  const char byte = static_cast<char>(c);
+  return quoted(s) + ": control characters are not allowed (found " + escaped(std::string_view(&byte, 1)) + ")";
 }
 
 std::string_view type_name(const toml::node& n) {
@@ -111,6 +149,95 @@ constexpr unsigned kAnyProtocol = kTcp | kUdp | kUnix | kMcast;
 // Which handler a listener key belongs to; the protocol side is a bit mask.
 enum class Scope { AnyHandler, Echo, Relay };
 
+// ---- address identity, for binds that collide and relays that reach themselves
+
+struct Ip {
+  int family = 0;  // AF_INET or AF_INET6 (IPv4-mapped IPv6 is AF_INET)
+  std::array<unsigned char, 16> bytes{};
+  bool wildcard() const {
+    return std::all_of(bytes.begin(), bytes.begin() + (family == AF_INET ? 4 : 16), [](unsigned char b) { return b == 0; });
+  }
+  bool loopback() const {
+    if (family == AF_INET) return bytes[0] == 127;
+    return std::all_of(bytes.begin(), bytes.begin() + 15, [](unsigned char b) { return b == 0; }) && bytes[15] == 1;
+  }
+  bool operator==(const Ip&) const = default;
+};
+
+std::optional<Ip> ip_of(const std::string& host) {
+  Ip ip;
+  if (inet_pton(AF_INET, host.c_str(), ip.bytes.data()) == 1) {
+    ip.family = AF_INET;
+    return ip;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), ip.bytes.data()) != 1) return std::nullopt;
+  ip.family = AF_INET6;
+  static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::equal(std::begin(kMapped), std::end(kMapped), ip.bytes.begin())) {
+    std::copy(ip.bytes.begin() + 12, ip.bytes.end(), ip.bytes.begin());
+    std::fill(ip.bytes.begin() + 4, ip.bytes.end(), 0);
+    ip.family = AF_INET;
+  }
+  return ip;
+}
+
+// The kernel's dual-stack default (net.ipv6.bindv6only = 0) unless v6only says otherwise.
+bool dual_stack(const Listener& l) { return !l.v6only.value_or(false); }
+
+bool shares_port(const Listener& l) { return l.reuse_port || (l.is_datagram() && l.sockets > 1); }
+
+// Two listeners of one protocol that the kernel refuses to bind together (exact
+// duplicates are reported separately): a wildcard against an address it covers.
+bool binds_collide(const Listener& a, const Listener& b) {
+  if (a.protocol != b.protocol || (a.protocol != Protocol::Tcp && a.protocol != Protocol::Udp)) return false;
+  if (a.endpoint.is_unix() || b.endpoint.is_unix() || a.endpoint.port == 0 || a.endpoint.port != b.endpoint.port) {
+    return false;
+  }
+  if (a.endpoint == b.endpoint) return false;  // the duplicate-address diagnostic
+  if (shares_port(a) && shares_port(b)) return false;  // SO_REUSEPORT on both: legitimate
+  auto ia = ip_of(a.endpoint.host);
+  auto ib = ip_of(b.endpoint.host);
+  if (!ia || !ib) return false;
+  auto covers = [](const Listener& wl, const Ip& w, const Ip& other) {
+    if (!w.wildcard()) return false;
+    if (w.family == other.family) return true;
+    return w.family == AF_INET6 && dual_stack(wl);  // [::] without v6only takes IPv4 as well
+  };
+  return covers(a, *ia, *ib) || covers(b, *ib, *ia);
+}
+
+// Whether a relay listener `relay` dialing `upstream` lands on `target`, as far as the
+// file alone can tell: literal addresses and "localhost". Names resolved at run time
+// are checked when they resolve (net/own_listeners.hpp).
+bool dial_reaches(const Listener& relay, const Endpoint& upstream, const Listener& target) {
+  if (upstream.is_unix() || target.endpoint.is_unix()) {
+    return upstream.is_unix() && target.endpoint.is_unix() && upstream.kind == target.endpoint.kind &&
+           upstream.path == target.endpoint.path && relay.is_stream() && target.protocol == Protocol::Unix;
+  }
+  const bool stream = relay.is_stream();
+  if (stream ? target.protocol != Protocol::Tcp : target.protocol != Protocol::Udp) return false;
+  if (relay.protocol == Protocol::Multicast) return false;
+  if (upstream.port != target.endpoint.port || target.endpoint.port == 0) return false;
+  auto t = ip_of(target.endpoint.host);
+  if (!t) return false;
+  std::vector<Ip> dialed;
+  if (upstream.host == "localhost") {
+    dialed.push_back(*ip_of("127.0.0.1"));
+    dialed.push_back(*ip_of("::1"));
+  } else if (auto u = ip_of(upstream.host)) {
+    // connect() to a wildcard address reaches the loopback address of its family.
+    if (u->wildcard()) u = ip_of(u->family == AF_INET ? "127.0.0.1" : "::1");
+    dialed.push_back(*u);
+  }
+  for (const Ip& d : dialed) {
+    if (d == *t) return true;
+    if (!t->wildcard()) continue;
+    // A wildcard listener answers on every local address; loopback is the one known here.
+    if (d.loopback() && (d.family == t->family || (t->family == AF_INET6 && dual_stack(target)))) return true;
+  }
+  return false;
+}
+
 // What pass 1 learned about one [[listener]] that pass 2 needs: where things
 // were written, and which of the core keys came out valid.
 struct ListenerMeta {
@@ -161,6 +288,17 @@ struct Parser {
     if (auto* s = n.as_string()) return s->get();
     wrong_type(n, key, "a string");
     return std::nullopt;
+  }
+
+  // A string that names something (a path, a user, an interface): no control bytes.
+  std::optional<std::string> name_of(const toml::node& n, const std::string& key) {
+    auto s = string_of(n, key);
+    if (!s) return std::nullopt;
+    if (auto c = control_byte(*s)) {
+      error(n.source().begin, key, control_message(*s, *c));
+      return std::nullopt;
+    }
+    return s;
   }
 
   std::optional<bool> bool_of(const toml::node& n, const std::string& key) {
@@ -326,7 +464,7 @@ void Parser::read_daemon(const toml::table& t, Daemon& d) {
     } else if (k == "max_connections") {
       set(d.max_connections, int_of(v, key, 1, kInt64Max));
     } else if (k == "pid_file") {
-      auto s = string_of(v, key);
+      auto s = name_of(v, key);
       if (s && !s->empty() && s->front() != '/') {
         error(v.source().begin, key, quoted(*s) + ": must be an absolute path");
       } else {
@@ -358,6 +496,8 @@ void Parser::read_admin(const toml::table& t, Admin& a) {
     if (k == "listen") {
       admin_listen_at_ = v.source().begin;
       set(a.listen, inet_endpoint_of(v, key, "admin.listen"));
+    } else if (k == "max_connections") {
+      set(a.max_connections, int_of(v, key, 1, 65535));
     } else {
       unknown_key(k, key, kAdminKeys);
     }
@@ -443,9 +583,9 @@ const ListenerKey kListenerKeys[] = {
        l.mode = mode;
      }},
     {"owner", kUnix, Scope::AnyHandler,
-     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.owner, p.string_of(v, k)); }},
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.owner, p.name_of(v, k)); }},
     {"group", kUnix, Scope::AnyHandler,
-     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.group, p.string_of(v, k)); }},
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.group, p.name_of(v, k)); }},
     // (uid_t)-1 means "no change" to chown and is never a peer's uid.
     {"allow_uids", kUnix, Scope::AnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
@@ -475,6 +615,7 @@ const ListenerKey kListenerKeys[] = {
     {"deny_source_ports", kUdp | kMcast, Scope::AnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        l.deny_source_ports.clear();
+       l.deny_own_ports = false;
        p.each_element(v, k, "an array of integers", [&](const toml::node& e, const std::string& ek) {
          if (auto port = p.int_of(e, ek, 0, 65535)) l.deny_source_ports.push_back(static_cast<std::uint16_t>(*port));
        });
@@ -482,7 +623,7 @@ const ListenerKey kListenerKeys[] = {
     // multicast
     {"interface", kMcast, Scope::AnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
-       auto s = p.string_of(v, k);
+       auto s = p.name_of(v, k);
        if (s && s->size() > kMaxInterfaceName) {
          p.error(v.source().begin, k, quoted(*s) + ": interface names are at most 15 bytes");
          return;
@@ -510,7 +651,7 @@ const ListenerKey kListenerKeys[] = {
        l.upstreams.clear();
        if (auto* array = v.as_array()) p.metas_.back().upstreams_written = array->size();
        p.each_element(v, k, "an array of strings", [&](const toml::node& e, const std::string& ek) {
-         auto s = p.string_of(e, ek);
+         auto s = p.name_of(e, ek);
          if (!s) return;
          auto ep = net::parse_endpoint(*s, HostRule::NamesAllowed);
          if (!ep) {
@@ -595,13 +736,15 @@ const ListenerKey* find_listener_key(std::string_view name) {
   return nullptr;
 }
 
+std::string listener_prefix(std::string_view name) { return "listener[" + quoted(name) + "]"; }
+
 bool valid_listener_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
          c == '-';
 }
 
 std::optional<Endpoint> Parser::listener_address(const toml::node& n, const std::string& key, Protocol protocol) {
-  auto s = string_of(n, key);
+  auto s = name_of(n, key);
   if (!s) return std::nullopt;
   const std::string proto_text = "protocol = " + quoted(to_string(protocol));
   if (protocol == Protocol::Unix && (s->empty() || (s->front() != '/' && s->front() != '@'))) {
@@ -646,18 +789,20 @@ void Parser::read_listener(const toml::table& t, const std::string& prefix, List
   } else {
     error(meta.table, prefix + ".name", "required key is missing");
   }
+  // Once it has a valid name, a listener is named by it: listener["echo"].framing.
+  const std::string named = meta.name_ok ? listener_prefix(l.name) : prefix;
 
   if (const toml::node* n = t.get("protocol")) {
-    if (auto p = enum_of(*n, prefix + ".protocol", kProtocols)) {
+    if (auto p = enum_of(*n, named + ".protocol", kProtocols)) {
       l.protocol = *p;
       meta.protocol_ok = true;
     }
   } else {
-    error(meta.table, prefix + ".protocol", "required key is missing");
+    error(meta.table, named + ".protocol", "required key is missing");
   }
 
   if (const toml::node* n = t.get("address")) {
-    const std::string key = prefix + ".address";
+    const std::string key = named + ".address";
     if (meta.protocol_ok) {
       if (auto ep = listener_address(*n, key, l.protocol)) {
         l.address = n->as_string()->get();
@@ -669,11 +814,11 @@ void Parser::read_listener(const toml::table& t, const std::string& prefix, List
       l.address = *s;
     }
   } else {
-    error(meta.table, prefix + ".address", "required key is missing");
+    error(meta.table, named + ".address", "required key is missing");
   }
 
   if (const toml::node* n = t.get("handler")) {
-    if (auto h = enum_of(*n, prefix + ".handler", kHandlers)) {
+    if (auto h = enum_of(*n, named + ".handler", kHandlers)) {
       l.handler = *h;
       meta.handler_ok = true;
     }
@@ -684,7 +829,7 @@ void Parser::read_listener(const toml::table& t, const std::string& prefix, List
   for (auto&& [k, v] : t) {
     const std::string_view name = k.str();
     if (std::find(kCoreListenerKeys.begin(), kCoreListenerKeys.end(), name) != kCoreListenerKeys.end()) continue;
-    const std::string key = prefix + "." + std::string(name);
+    const std::string key = named + "." + std::string(name);
     const ListenerKey* spec = find_listener_key(name);
     if (spec == nullptr) {
       unknown_key(k, key, all_listener_keys());
@@ -715,7 +860,14 @@ void Parser::validate(Config& config) {
   if (config.listeners.empty()) error(root_, "listener", "no [[listener]] defined");
 
   auto listener_ref = [&](std::size_t i) {
-    return "listener[" + std::to_string(i) + "] (" + quoted(config.listeners[i].name) + ")";
+    return metas_[i].name_ok ? listener_prefix(config.listeners[i].name) : "listener[" + std::to_string(i) + "]";
+  };
+  auto location = [&](Position at) {
+    return file_ + ":" + std::to_string(at.line) + ":" + std::to_string(at.column);
+  };
+  auto address_at = [&](std::size_t i) {
+    auto it = metas_[i].keys.find("address");
+    return it == metas_[i].keys.end() ? metas_[i].table : it->second;
   };
 
   std::map<std::string, std::size_t, std::less<>> names;
@@ -723,7 +875,8 @@ void Parser::validate(Config& config) {
   for (std::size_t i = 0; i < config.listeners.size(); ++i) {
     const Listener& l = config.listeners[i];
     const ListenerMeta& meta = metas_[i];
-    const std::string prefix = "listener[" + std::to_string(i) + "]";
+    const std::string index_prefix = "listener[" + std::to_string(i) + "]";
+    const std::string prefix = meta.name_ok ? listener_prefix(l.name) : index_prefix;
     auto at = [&](std::string_view key) {
       auto it = meta.keys.find(key);
       return it == meta.keys.end() ? meta.table : it->second;
@@ -732,7 +885,7 @@ void Parser::validate(Config& config) {
     if (meta.name_ok) {
       auto [it, fresh] = names.emplace(l.name, i);
       if (!fresh) {
-        error(at("name"), prefix + ".name",
+        error(at("name"), index_prefix + ".name",
               quoted(l.name) + " is already the name of listener[" + std::to_string(it->second) + "]");
       }
     }
@@ -745,6 +898,18 @@ void Parser::validate(Config& config) {
         auto [it, fresh] = addresses.emplace(identity, i);
         if (!fresh) {
           error(at("address"), prefix + ".address", identity + " is already used by " + listener_ref(it->second));
+        }
+        // Different spellings of one bind: a wildcard takes the port on every address
+        // of its family (and an IPv6 wildcard without v6only on IPv4 too).
+        for (std::size_t j = 0; j < i; ++j) {
+          const Listener& other = config.listeners[j];
+          if (!metas_[j].address_ok || !metas_[j].protocol_ok) continue;
+          if (!binds_collide(l, other)) continue;
+          error(at("address"), prefix + ".address",
+                std::string(to_string(l.protocol)) + " " + l.endpoint.to_string() + " cannot be bound together with " +
+                    listener_ref(j) + " (" + other.endpoint.to_string() + " at " + location(address_at(j)) +
+                    "): the wildcard address takes the port on every address" +
+                    (l.protocol == Protocol::Tcp ? " (unless both set reuse_port = true)" : ""));
         }
       }
       if (config.admin.enabled && l.protocol == Protocol::Tcp && !ephemeral && l.endpoint == config.admin.listen) {
@@ -788,6 +953,22 @@ void Parser::validate(Config& config) {
     if (meta.handler_ok && l.handler == Handler::Relay) {
       if (meta.upstreams_written == 0) {
         error(at("upstreams"), prefix + ".upstreams", "a relay needs at least one upstream");
+      }
+      // A relay whose upstream is one of this daemon's relay listeners (itself included)
+      // chains into itself: one client uses every fd in a second.
+      if (meta.protocol_ok) {
+        for (std::size_t u = 0; u < l.upstreams.size(); ++u) {
+          for (std::size_t j = 0; j < config.listeners.size(); ++j) {
+            const Listener& target = config.listeners[j];
+            if (!metas_[j].address_ok || !metas_[j].protocol_ok || !metas_[j].handler_ok) continue;
+            if (target.handler != Handler::Relay || !dial_reaches(l, l.upstreams[u], target)) continue;
+            error(meta.upstream_positions[u], prefix + ".upstreams[" + std::to_string(u) + "]",
+                  quoted(l.upstreams[u].to_string()) + " is this daemon's own relay " + listener_ref(j) + " (" +
+                      target.endpoint.to_string() + " at " + location(address_at(j)) +
+                      "): the relay would connect to itself");
+            break;
+          }
+        }
       }
       if (meta.protocol_ok && l.is_datagram()) {
         for (std::size_t u = 0; u < l.upstreams.size(); ++u) {

@@ -2,8 +2,9 @@
 #include "listen/acceptor.hpp"
 
 #include <fcntl.h>
-#include <unistd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -23,6 +24,8 @@ namespace echorelay::listen {
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
+
+std::uint64_t default_max_connections(const config::Listener& spec);
 
 namespace {
 
@@ -51,6 +54,7 @@ struct StreamAcceptor::Impl : std::enable_shared_from_this<Impl> {
     // them blocking unless NonBlocking=yes) the last call would stall the worker.
     if (!ec) acceptor.non_blocking(true, ec);
     if (ec) spdlog::error("listener {}: cannot start accepting: {}", spec.name, ec.message());
+    max_connections = spec.max_connections != 0 ? spec.max_connections : default_max_connections(spec);
   }
 
   static asio::generic::stream_protocol protocol_of(int fd) {
@@ -75,6 +79,8 @@ struct StreamAcceptor::Impl : std::enable_shared_from_this<Impl> {
   OnAccept on_accept;
   Clock::time_point last_warning{};
   bool paused = false;
+  // max_connections, or by default a share of RLIMIT_NOFILE (see default_max_connections).
+  std::uint64_t max_connections = 0;
 };
 
 bool StreamAcceptor::Impl::allowed_peer(int fd) {
@@ -87,9 +93,18 @@ bool StreamAcceptor::Impl::allowed_peer(int fd) {
   return uid_ok || gid_ok;
 }
 
+std::uint64_t default_max_connections(const config::Listener& spec) {
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return 0;
+  // An echo connection holds one fd, a relayed one two: either way one listener gets at
+  // most half of the fds, and the other listeners and the admin endpoint keep the rest.
+  const std::uint64_t fds_per_connection = spec.handler == config::Handler::Relay ? 2 : 1;
+  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(nofile.rlim_cur) / 2 / fds_per_connection);
+}
+
 bool StreamAcceptor::Impl::over_limit() {
   const auto active = counters.connections_active.load(std::memory_order_relaxed);
-  if (spec.max_connections && static_cast<std::uint64_t>(active) >= spec.max_connections) return true;
+  if (max_connections && static_cast<std::uint64_t>(active) >= max_connections) return true;
   const auto total = limits.total_active->load(std::memory_order_relaxed);
   return limits.max_total && static_cast<std::uint64_t>(total) >= limits.max_total;
 }

@@ -22,6 +22,7 @@ std::string_view to_string(Refuse r) {
     case Refuse::PeerNotAllowed: return "peer_not_allowed";
     case Refuse::RateLimited: return "rate_limited";
     case Refuse::DeniedPort: return "denied_port";
+    case Refuse::SelfLoop: return "self_loop";
     case Refuse::Count: break;
   }
   return "unknown";

@@ -24,6 +24,7 @@ enum class Refuse : unsigned {
   PeerNotAllowed,
   RateLimited,
   DeniedPort,
+  SelfLoop,  // a relay upstream that is one of this daemon's own relay listeners
   Count
 };
 std::string_view to_string(Refuse);

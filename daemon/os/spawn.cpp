@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "lifecycle/readiness.hpp"
 #include "net/socket_options.hpp"
 
 extern char** environ;
@@ -32,6 +33,22 @@ void write_decimal(char* out, long value) {
   } while (value > 0);
   for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
   out[n] = '\0';
+}
+
+// Async-signal-safe: strerrordesc_np only indexes glibc's table.
+void report_exec_failure(int fd, const char* path, int err) {
+  char line[512];
+  std::size_t n = 0;
+  auto put = [&](const char* s) {
+    while (*s != '\0' && n < sizeof line - 1) line[n++] = *s++;
+  };
+  const char* description = ::strerrordesc_np(err);
+  put("FAILED cannot run ");
+  put(path);
+  put(": execve: ");
+  put(description != nullptr ? description : "unknown error");
+  line[n++] = '\n';
+  (void)!::write(fd, line, n);
 }
 
 }  // namespace
@@ -79,6 +96,11 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
   std::vector<int> sources;
   for (const auto& f : request.fds) sources.push_back(f.fd);
   for (const auto& x : request.extra_fds) sources.push_back(x.fd);
+  // The readiness pipe, if passed, is where an execve failure is reported.
+  int report_fd = -1;
+  for (std::size_t i = 0; i < request.extra_fds.size(); ++i) {
+    if (request.extra_fds[i].env == lifecycle::kReadyFdEnv) report_fd = static_cast<int>(3 + request.fds.size() + i);
+  }
   const int count = static_cast<int>(sources.size());
   // The fallback bound when close_range(2) is refused (seccomp in some containers).
   rlimit files{};
@@ -130,6 +152,9 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(path.c_str(), argv.data(), envp.data());
+    // Say why on the readiness pipe (the last fd passed): "FAILED cannot run PATH:
+    // execve: Permission denied" reads better than "exited with status 127".
+    if (report_fd >= 0) report_exec_failure(report_fd, path.c_str(), errno);
     ::_exit(127);
   }
 }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "net/fd.hpp"
+#include "net/own_listeners.hpp"
 #include "net/socket_options.hpp"
 #include "relay/dialer.hpp"
 #include "relay/proxy_protocol.hpp"
@@ -445,6 +446,17 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
         continue;
       }
       addresses = std::move(*resolved);
+    }
+    // An upstream that is one of our own relay listeners would chain into itself until
+    // every fd is used: never dial it (names resolve only now, so --check cannot).
+    std::erase_if(addresses, [](const net::SockAddr& a) { return net::own::reaches_own_relay(a.get(), a.len, SOCK_STREAM); });
+    if (addresses.empty()) {
+      counters_.refuse(obs::Refuse::SelfLoop);
+      listener_.pool.failed(*upstream);
+      error_detail_ = endpoint.to_string() + " is this daemon's own relay listener";
+      spdlog::warn("listener {}: upstream {} is this daemon's own relay listener; not dialed", listener_.spec.name,
+                   endpoint.to_string());
+      continue;
     }
     const auto dial_started = Clock::now();
     DialResult dialed = co_await dial(addresses, options, attempt_deadline);

@@ -25,9 +25,11 @@
 #include <system_error>
 #include <thread>
 
+#include "net/own_listeners.hpp"
 #include "udp/datagram_io.hpp"
 
 namespace echorelay::udp {
+
 namespace {
 
 // recvmmsg batches a stopping reader takes from its socket before it closes for good.
@@ -76,6 +78,7 @@ struct EchoServer::Impl {
         sockets_(std::move(sockets)),
         counters_(counters) {
     for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
+    deny_our_ports_ = listener.deny_own_ports;
     policy_.set_rate(listener.rate_limit);
     // MAP_NORESERVE: a large queue costs address space only; pages are committed as
     // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
@@ -245,6 +248,13 @@ struct EchoServer::Impl {
         s.fd = r.fd;
         s.addr_len = h.msg_namelen;
         s.control_len = (h.msg_flags & MSG_CTRUNC) != 0 ? 0 : static_cast<socklen_t>(h.msg_controllen);
+        // Never answer one of our own listening addresses (an answer of ours coming
+        // back would loop), nor by default any of our UDP ports, as with port 7.
+        if (from_ourselves(from, s)) {
+          counters_.drop(obs::Drop::DeniedPort);
+          counters_.refuse(obs::Refuse::DeniedPort);
+          continue;
+        }
         // Positions before i are already decided, so swapping keeps the rest intact.
         std::swap(r.reserved[accepted++], r.reserved[i]);
       }
@@ -261,6 +271,16 @@ struct EchoServer::Impl {
       }
       if (static_cast<unsigned>(n) < want) return;  // the socket is empty: back to poll
     }
+  }
+
+  bool from_ourselves(const sockaddr_storage& from, const Slot& s) const {
+    const std::uint16_t port = source_port(from);
+    if (!net::own::is_our_udp_port(port)) return false;
+    if (deny_our_ports_) return true;
+    sockaddr_storage to{};
+    socklen_t to_len = 0;
+    const bool known = destination_address(s.control, s.control_len, 0, to, to_len);
+    return net::own::is_our_udp_address(from, known ? &to : nullptr);
   }
 
   void work_loop() {
@@ -327,6 +347,7 @@ struct EchoServer::Impl {
   const std::uint32_t capacity_;
   const unsigned worker_count_;
   SourcePolicy policy_;
+  bool deny_our_ports_ = true;
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;
 

@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,11 +37,20 @@
 #include <unordered_map>
 
 #include "net/fd.hpp"
+#include "net/own_listeners.hpp"
 #include "relay/proxy_protocol.hpp"
 #include "udp/multicast.hpp"
 #include "udp/datagram_io.hpp"
 
 namespace echorelay::udp {
+
+// max_sessions = 0: each session holds an fd, so by default a UDP relay gets at most half
+// of RLIMIT_NOFILE; the oldest idle session makes room for a new one beyond that.
+static std::uint64_t default_max_sessions() {
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return 0;
+  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(nofile.rlim_cur) / 2);
+}
 namespace {
 
 using Upstream = relay::UpstreamPool::Upstream;
@@ -372,7 +382,7 @@ struct RelayServer::Impl {
         fanout_(listener.protocol == config::Protocol::Multicast),
         proxy_v2_(listener.proxy_protocol == config::ProxyProtocol::V2),
         session_timeout_(listener.session_timeout),
-        max_sessions_(listener.max_sessions),
+        max_sessions_(listener.max_sessions != 0 ? listener.max_sessions : default_max_sessions()),
         worker_count_(fanout_ ? 0
                               : (listener.workers != 0 ? listener.workers
                                                        : std::max(1U, std::thread::hardware_concurrency()))),
@@ -1058,6 +1068,14 @@ struct RelayServer::Impl {
   }
 
   bool open_upstream(Worker& w, Session& s, Upstream& u, const net::SockAddr& addr) {
+    // One of our own relay listeners: each datagram would open a session on it, whose
+    // upstream is the same listener again, until every fd is used.
+    if (net::own::reaches_own_relay(addr.get(), addr.len, SOCK_DGRAM)) {
+      counters_.refuse(obs::Refuse::SelfLoop);
+      pool_.failed(u);
+      spdlog::debug("[c{} {}] upstream {} is this daemon's own relay listener", s.id, name_, u.endpoint.to_string());
+      return false;
+    }
     net::Fd fd(::socket(addr.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) {
       // EMFILE/ENFILE/ENOBUFS: we are out of resources, not the upstream.

@@ -70,8 +70,8 @@ TEST(Cli, CheckRejectsInvalidFileWithEveryDiagnostic) {
   auto r = run_process({ECHORELAYD_PATH, "--check", "-c", path});
   EXPECT_EQ(r.exit_code, 1) << r.output;
   // Both problems in one run: the validator collects before reporting.
-  EXPECT_TRUE(has_diagnostic(r.output, path + ":6:11: listener[0].framing: ")) << r.output;
-  EXPECT_TRUE(has_diagnostic(r.output, path + ":12:13: listener[1].max_frame: ")) << r.output;
+  EXPECT_TRUE(has_diagnostic(r.output, path + ":6:11: listener[\"echo\"].framing: ")) << r.output;
+  EXPECT_TRUE(has_diagnostic(r.output, path + ":12:13: listener[\"echo2\"].max_frame: ")) << r.output;
 }
 
 TEST(Cli, CheckNamesAnUnknownKey) {
@@ -93,7 +93,7 @@ TEST(Cli, StartingWithBadConfigExits78WithDiagnostics) {
   ASSERT_TRUE(code.has_value()) << "daemon kept running with a bad config";
   EXPECT_EQ(*code, 78);
   EXPECT_FALSE(daemon.saw_notify("READY=1"));
-  EXPECT_TRUE(has_diagnostic(daemon.log(), daemon.config_path() + ":6:11: listener[0].framing: ")) << daemon.log();
+  EXPECT_TRUE(has_diagnostic(daemon.log(), daemon.config_path() + ":6:11: listener[\"echo\"].framing: ")) << daemon.log();
 }
 
 TEST(Cli, StartingWithMissingConfigFails) {

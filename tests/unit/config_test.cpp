@@ -237,7 +237,7 @@ protocol = "tcp"
 address = ":7"
 framng = "line"
 )"),
-            Lines{R"(t.toml:5:1: listener[0].framng: unknown key (did you mean "framing"?))"});
+            Lines{R"(t.toml:5:1: listener["e"].framng: unknown key (did you mean "framing"?))"});
 }
 
 TEST(Config, UnknownKeysInEveryTableAreReported) {
@@ -290,8 +290,8 @@ allow_uids = 1000
 allow_gids = [1, "wheel"]
 )"),
             (Lines{
-                R"(t.toml:5:14: listener[0].allow_uids: expected an array of integers, got an integer)",
-                R"(t.toml:6:18: listener[0].allow_gids[1]: expected an integer, got a string)",
+                R"(t.toml:5:14: listener["u"].allow_uids: expected an array of integers, got an integer)",
+                R"(t.toml:6:18: listener["u"].allow_gids[1]: expected an integer, got a string)",
             }));
 }
 
@@ -312,8 +312,8 @@ keepalive = "15 min"
                 R"(t.toml:2:17: daemon.drain_timeout: expected a duration string like "30s", got an integer)",
                 R"(t.toml:3:19: daemon.restart_timeout: must be longer than 0s)",
                 R"(t.toml:5:11: resolver.timeout: "2": a duration needs a unit: ms, s, m or h (e.g. "2s"))",
-                R"(t.toml:10:16: listener[0].read_timeout: "1.5s": only whole numbers are allowed; use a smaller unit)",
-                R"(t.toml:11:13: listener[0].keepalive: "15 min": unknown unit " min" (use ms, s, m or h))",
+                R"(t.toml:10:16: listener["e"].read_timeout: "1.5s": only whole numbers are allowed; use a smaller unit)",
+                R"(t.toml:11:13: listener["e"].keepalive: "15 min": unknown unit " min" (use ms, s, m or h))",
             }));
 }
 
@@ -327,9 +327,9 @@ recv_buffer = -1
 send_buffer = "64KB"
 )"),
             (Lines{
-                R"(t.toml:5:13: listener[0].max_frame: must be between 1 and 1GiB (got 2GiB))",
-                R"(t.toml:6:15: listener[0].recv_buffer: a size must not be negative (got -1))",
-                R"(t.toml:7:15: listener[0].send_buffer: "64KB": "KB" is ambiguous; write "KiB" for multiples of 1024)",
+                R"(t.toml:5:13: listener["e"].max_frame: must be between 1 and 1GiB (got 2GiB))",
+                R"(t.toml:6:15: listener["e"].recv_buffer: a size must not be negative (got -1))",
+                R"(t.toml:7:15: listener["e"].send_buffer: "64KB": "KB" is ambiguous; write "KiB" for multiples of 1024)",
             }));
   EXPECT_EQ(diagnostics(R"([[listener]]
 name = "e"
@@ -339,8 +339,8 @@ max_datagram = 65536
 recv_buffer = true
 )"),
             (Lines{
-                R"(t.toml:5:16: listener[0].max_datagram: must be between 1 and 65535 (got 65536))",
-                R"(t.toml:6:15: listener[0].recv_buffer: expected a size (an integer or a string like "64KiB"), got a boolean)",
+                R"(t.toml:5:16: listener["e"].max_datagram: must be between 1 and 65535 (got 65536))",
+                R"(t.toml:6:15: listener["e"].recv_buffer: expected a size (an integer or a string like "64KiB"), got a boolean)",
             }));
 }
 
@@ -369,12 +369,12 @@ deny_source_ports = [7, 70000]
                 R"(t.toml:2:11: daemon.workers: must be between 0 and 1024 (got 1025))",
                 R"(t.toml:3:19: daemon.max_connections: must be at least 1 (got 0))",
                 R"(t.toml:5:12: resolver.attempts: must be between 1 and 4294967295 (got 0))",
-                R"(t.toml:10:11: listener[0].backlog: must be between 1 and 65535 (got 0))",
-                R"(t.toml:11:10: listener[0].linger: must be between -1 and 2147483647 (got -2))",
-                R"(t.toml:16:7: listener[1].ttl: must be between 0 and 255 (got 256))",
-                R"(t.toml:17:9: listener[1].queue: must be between 1 and 4294967295 (got 0))",
-                R"(t.toml:18:11: listener[1].sockets: must be between 1 and 64 (got 65))",
-                R"(t.toml:19:25: listener[1].deny_source_ports[1]: must be between 0 and 65535 (got 70000))",
+                R"(t.toml:10:11: listener["t"].backlog: must be between 1 and 65535 (got 0))",
+                R"(t.toml:11:10: listener["t"].linger: must be between -1 and 2147483647 (got -2))",
+                R"(t.toml:16:7: listener["m"].ttl: must be between 0 and 255 (got 256))",
+                R"(t.toml:17:9: listener["m"].queue: must be between 1 and 4294967295 (got 0))",
+                R"(t.toml:18:11: listener["m"].sockets: must be between 1 and 64 (got 65))",
+                R"(t.toml:19:25: listener["m"].deny_source_ports[1]: must be between 0 and 65535 (got 70000))",
             }));
 }
 
@@ -390,7 +390,7 @@ address = ":7"
             (Lines{
                 R"(t.toml:2:9: log.level: "warning" is not one of trace, debug, info, warn or error)",
                 R"(t.toml:3:10: log.format: "yaml" is not one of auto, text, json or journal)",
-                R"(t.toml:6:12: listener[0].protocol: "tpc" is not one of tcp, udp, unix or multicast (did you mean "tcp"?))",
+                R"(t.toml:6:12: listener["e"].protocol: "tpc" is not one of tcp, udp, unix or multicast (did you mean "tcp"?))",
             }));
 }
 
@@ -412,9 +412,9 @@ address = "/tmp/w"
 mode = "17777"
 )"),
             (Lines{
-                R"(t.toml:5:8: listener[0].mode: expected a string, got an integer)",
-                R"(t.toml:10:8: listener[1].mode: "0689": expected an octal mode like "0660")",
-                R"(t.toml:15:8: listener[2].mode: "17777": must be at most "07777")",
+                R"(t.toml:5:8: listener["u"].mode: expected a string, got an integer)",
+                R"(t.toml:10:8: listener["v"].mode: "0689": expected an octal mode like "0660")",
+                R"(t.toml:15:8: listener["w"].mode: "17777": must be at most "07777")",
             }));
 }
 
@@ -466,8 +466,8 @@ protocol = "unix"
 address = "@x"
 )"),
             (Lines{
-                R"(t.toml:8:11: listener[1].address: tcp [::]:7 is already used by listener[0] ("a"))",
-                R"(t.toml:16:11: listener[3].address: unix @x is already used by listener[2] ("c"))",
+                R"(t.toml:8:11: listener["b"].address: tcp [::]:7 is already used by listener["a"])",
+                R"(t.toml:16:11: listener["d"].address: unix @x is already used by listener["c"])",
             }));
 }
 
@@ -500,7 +500,7 @@ name = "t"
 protocol = "tcp"
 address = "127.0.0.1:9101"
 )"),
-            Lines{R"(t.toml:2:10: admin.listen: tcp 127.0.0.1:9101 is already used by listener[0] ("t"))"});
+            Lines{R"(t.toml:2:10: admin.listen: tcp 127.0.0.1:9101 is already used by listener["t"])"});
 }
 
 TEST(Config, KeysThatDoNotFitTheProtocolAreRefused) {
@@ -519,11 +519,11 @@ sockets = 2
 mode = "0600"
 )"),
             (Lines{
-                R"(t.toml:5:1: listener[0].backlog: backlog does not apply to protocol = "udp")",
-                R"(t.toml:6:1: listener[0].framing: framing does not apply to protocol = "udp")",
-                R"(t.toml:7:1: listener[0].interface: interface does not apply to protocol = "udp")",
-                R"(t.toml:12:1: listener[1].sockets: sockets does not apply to protocol = "tcp")",
-                R"(t.toml:13:1: listener[1].mode: mode does not apply to protocol = "tcp")",
+                R"(t.toml:5:1: listener["u"].backlog: backlog does not apply to protocol = "udp")",
+                R"(t.toml:6:1: listener["u"].framing: framing does not apply to protocol = "udp")",
+                R"(t.toml:7:1: listener["u"].interface: interface does not apply to protocol = "udp")",
+                R"(t.toml:12:1: listener["t"].sockets: sockets does not apply to protocol = "tcp")",
+                R"(t.toml:13:1: listener["t"].mode: mode does not apply to protocol = "tcp")",
             }));
 }
 
@@ -544,10 +544,10 @@ framing = "raw"
 session_timeout = "10s"
 )"),
             (Lines{
-                R"(t.toml:5:1: listener[0].upstreams: upstreams does not apply to handler = "echo")",
-                R"(t.toml:6:1: listener[0].balance: balance does not apply to handler = "echo")",
-                R"(t.toml:13:1: listener[1].framing: framing does not apply to handler = "relay")",
-                R"(t.toml:14:1: listener[1].session_timeout: session_timeout does not apply to protocol = "tcp")",
+                R"(t.toml:5:1: listener["e"].upstreams: upstreams does not apply to handler = "echo")",
+                R"(t.toml:6:1: listener["e"].balance: balance does not apply to handler = "echo")",
+                R"(t.toml:13:1: listener["r"].framing: framing does not apply to handler = "relay")",
+                R"(t.toml:14:1: listener["r"].session_timeout: session_timeout does not apply to protocol = "tcp")",
             }));
 }
 
@@ -566,13 +566,13 @@ session_timeout = "30s"
 max_sessions = -1
 )"),
             (Lines{
-                R"(t.toml:6:37: listener[0].upstreams[1]: "/tmp/x.sock": a udp relay needs "host:port" upstreams)",
-                R"(t.toml:6:52: listener[0].upstreams[2]: "bad host:1": invalid host)",
-                R"(t.toml:6:66: listener[0].upstreams[3]: "10.0.0.1:0": an upstream needs a port other than 0)",
-                R"(t.toml:7:11: listener[0].balance: "least-connection" is not one of round-robin, least-connections or random (did you mean "least-connections"?))",
-                R"(t.toml:8:1: listener[0].connect_timeout: connect_timeout does not apply to protocol = "udp")",
-                R"(t.toml:10:18: listener[0].proxy_protocol: "v3" is not one of off, v1 or v2 (did you mean "v1"?))",
-                R"(t.toml:12:16: listener[0].max_sessions: must be at least 0 (got -1))",
+                R"(t.toml:6:37: listener["r"].upstreams[1]: "/tmp/x.sock": a udp relay needs "host:port" upstreams)",
+                R"(t.toml:6:52: listener["r"].upstreams[2]: "bad host:1": invalid host)",
+                R"(t.toml:6:66: listener["r"].upstreams[3]: "10.0.0.1:0": an upstream needs a port other than 0)",
+                R"(t.toml:7:11: listener["r"].balance: "least-connection" is not one of round-robin, least-connections or random (did you mean "least-connections"?))",
+                R"(t.toml:8:1: listener["r"].connect_timeout: connect_timeout does not apply to protocol = "udp")",
+                R"(t.toml:10:18: listener["r"].proxy_protocol: "v3" is not one of off, v1 or v2 (did you mean "v1"?))",
+                R"(t.toml:12:16: listener["r"].max_sessions: must be at least 0 (got -1))",
             }));
 }
 
@@ -624,19 +624,19 @@ upstream_keepalive = "1500ms"
 connect_timeout = "0s"
 )"),
             (Lines{
-                R"(t.toml:7:1: listener[0].idle_timeout: idle_timeout does not apply to protocol = "udp")",
-                R"(t.toml:8:1: listener[0].upstream_keepalive: upstream_keepalive does not apply to protocol = "udp")",
-                R"(t.toml:9:1: listener[0].fallback_delay: fallback_delay does not apply to protocol = "udp")",
-                R"(t.toml:16:1: listener[1].balance: balance does not apply to protocol = "multicast")",
-                R"(t.toml:17:1: listener[1].session_timeout: session_timeout does not apply to protocol = "multicast")",
-                R"(t.toml:18:1: listener[1].max_sessions: max_sessions does not apply to protocol = "multicast")",
-                R"(t.toml:19:11: listener[1].workers: workers does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
-                R"(t.toml:20:9: listener[1].queue: queue does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
-                R"(t.toml:21:11: listener[1].sockets: a multicast listener has one socket: each of 2 sockets would receive (and answer) every datagram)",
-                R"(t.toml:28:1: listener[2].splice: splice does not apply to protocol = "unix")",
-                R"(t.toml:33:13: listener[3].keepalive: keepalive is set in whole seconds ("0s" is off))",
-                R"(t.toml:40:22: listener[4].upstream_keepalive: keepalive is set in whole seconds ("0s" is off))",
-                R"(t.toml:41:19: listener[4].connect_timeout: must be longer than 0s)",
+                R"(t.toml:7:1: listener["u"].idle_timeout: idle_timeout does not apply to protocol = "udp")",
+                R"(t.toml:8:1: listener["u"].upstream_keepalive: upstream_keepalive does not apply to protocol = "udp")",
+                R"(t.toml:9:1: listener["u"].fallback_delay: fallback_delay does not apply to protocol = "udp")",
+                R"(t.toml:16:1: listener["m"].balance: balance does not apply to protocol = "multicast")",
+                R"(t.toml:17:1: listener["m"].session_timeout: session_timeout does not apply to protocol = "multicast")",
+                R"(t.toml:18:1: listener["m"].max_sessions: max_sessions does not apply to protocol = "multicast")",
+                R"(t.toml:19:11: listener["m"].workers: workers does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
+                R"(t.toml:20:9: listener["m"].queue: queue does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
+                R"(t.toml:21:11: listener["m"].sockets: a multicast listener has one socket: each of 2 sockets would receive (and answer) every datagram)",
+                R"(t.toml:28:1: listener["x"].splice: splice does not apply to protocol = "unix")",
+                R"(t.toml:33:13: listener["t"].keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:40:22: listener["r"].upstream_keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:41:19: listener["r"].connect_timeout: must be longer than 0s)",
             }));
 }
 
@@ -646,7 +646,7 @@ name = "r"
 protocol = "tcp"
 address = ":7"
 handler = "relay"
-upstreams = ["echo.internal:7", "[::1]:7", "/tmp/u.sock", "@up"]
+upstreams = ["echo.internal:7", "[::1]:7007", "/tmp/u.sock", "@up"]
 balance = "least-connections"
 connect_timeout = "1s"
 idle_timeout = "0s"
@@ -683,7 +683,7 @@ address = ":7"
 handler = "relay"
 )"),
             (Lines{
-                R"(t.toml:1:1: listener[0].upstreams: a relay needs at least one upstream)",
+                R"(t.toml:1:1: listener["r"].upstreams: a relay needs at least one upstream)",
             }));
 }
 
@@ -696,7 +696,7 @@ protocol = "tcp"
   address = ":8"
 )"),
             (Lines{
-                R"(t.toml:1:1: listener[0].address: required key is missing)",
+                R"(t.toml:1:1: listener["a"].address: required key is missing)",
                 R"(t.toml:5:3: listener[1].name: required key is missing)",
                 R"(t.toml:5:3: listener[1].protocol: required key is missing)",
             }));
@@ -721,10 +721,10 @@ protocol = "udp"
 address = "localhost:7"
 )"),
             (Lines{
-                R"(t.toml:4:11: listener[0].address: "/tmp/a.sock": protocol = "tcp" needs "host:port")",
-                R"(t.toml:8:11: listener[1].address: "127.0.0.1:7": protocol = "unix" needs "/path" or "@name")",
-                R"(t.toml:12:11: listener[2].address: "10.0.0.1:7009": 10.0.0.1 is not a multicast group (224.0.0.0/4 or ff00::/8))",
-                R"(t.toml:16:11: listener[3].address: "localhost:7": host must be an IP address)",
+                R"(t.toml:4:11: listener["a"].address: "/tmp/a.sock": protocol = "tcp" needs "host:port")",
+                R"(t.toml:8:11: listener["b"].address: "127.0.0.1:7": protocol = "unix" needs "/path" or "@name")",
+                R"(t.toml:12:11: listener["c"].address: "10.0.0.1:7009": 10.0.0.1 is not a multicast group (224.0.0.0/4 or ff00::/8))",
+                R"(t.toml:16:11: listener["d"].address: "localhost:7": host must be an IP address)",
             }));
 }
 
@@ -732,7 +732,7 @@ TEST(Config, UnixPathLongerThan107BytesIsRefused) {
   const std::string path = "/tmp/" + std::string(103, 'p');  // 108 bytes
   const std::string toml = "[[listener]]\nname = \"u\"\nprotocol = \"unix\"\naddress = \"" + path + "\"\n";
   EXPECT_EQ(diagnostics(toml),
-            Lines{"t.toml:4:11: listener[0].address: \"" + path + "\": Unix socket path is 108 bytes, the limit is 107"});
+            Lines{"t.toml:4:11: listener[\"u\"].address: \"" + path + "\": Unix socket path is 108 bytes, the limit is 107"});
 }
 
 TEST(Config, V6onlyNeedsAnIpv6Address) {
@@ -742,7 +742,7 @@ protocol = "tcp"
 address = "0.0.0.0:7"
 v6only = true
 )"),
-            Lines{R"(t.toml:5:10: listener[0].v6only: applies only to an IPv6 address (address = "0.0.0.0:7"))"});
+            Lines{R"(t.toml:5:10: listener["t"].v6only: applies only to an IPv6 address (address = "0.0.0.0:7"))"});
 }
 
 TEST(Config, FileOwnershipKeysDoNotApplyToAbstractSockets) {
@@ -753,7 +753,7 @@ address = "@echo"
 mode = "0600"
 allow_uids = [0]
 )"),
-            Lines{R"(t.toml:5:8: listener[0].mode: mode does not apply to an abstract socket ("@echo" has no file))"});
+            Lines{R"(t.toml:5:8: listener["a"].mode: mode does not apply to an abstract socket ("@echo" has no file))"});
 }
 
 TEST(Config, OtherSectionValueChecks) {
@@ -774,7 +774,7 @@ interface = "a-very-long-interface-name"
                 R"(t.toml:4:10: admin.listen: "/tmp/admin.sock": admin.listen needs an IP address and port, e.g. "127.0.0.1:9101")",
                 R"(t.toml:6:12: resolver.servers[0]: "8.8.8.8": missing port (expected host:port))",
                 R"(t.toml:6:23: resolver.servers[1]: "127.0.0.1:0": a server needs a port other than 0)",
-                R"(t.toml:11:13: listener[0].interface: "a-very-long-interface-name": interface names are at most 15 bytes)",
+                R"(t.toml:11:13: listener["m"].interface: "a-very-long-interface-name": interface names are at most 15 bytes)",
             }));
 }
 
@@ -816,9 +816,9 @@ read_timeout = "forever"
 )"),
             (Lines{
                 R"(t.toml:2:11: daemon.workers: must be between 0 and 1024 (got -1))",
-                R"(t.toml:7:1: listener[0].ttl: ttl does not apply to protocol = "udp")",
+                R"(t.toml:7:1: listener["a"].ttl: ttl does not apply to protocol = "udp")",
                 R"(t.toml:9:8: listener[1].name: "a" is already the name of listener[0])",
-                R"(t.toml:12:16: listener[1].read_timeout: "forever": expected a duration like "30s")",
+                R"(t.toml:12:16: listener["a"].read_timeout: "forever": expected a duration like "30s")",
             }));
 }
 
@@ -898,7 +898,183 @@ proxy_protocol = "v1"
 )", "t.toml");
   ASSERT_EQ(r.diagnostics.size(), 1U);
   EXPECT_EQ(r.diagnostics[0].text,
-            R"(t.toml:7:18: listener[0].proxy_protocol: "v1" cannot describe datagrams; use "v2" on a udp relay)");
+            R"(t.toml:7:18: listener["u"].proxy_protocol: "v1" cannot describe datagrams; use "v2" on a udp relay)");
+}
+
+}  // namespace
+}  // namespace echorelay::config
+
+// ---- issue 10: configs that can never start, relays into themselves, control bytes
+
+namespace echorelay::config {
+namespace {
+
+TEST(ConfigAttack, WildcardAndSpecificBindOfOnePortAreRefusedWithBothLocations) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "any"
+protocol = "tcp"
+address = "0.0.0.0:7007"
+[[listener]]
+name = "lo"
+protocol = "tcp"
+address = "127.0.0.1:7007"
+[[listener]]
+name = "any6"
+protocol = "udp"
+address = "[::]:7008"
+[[listener]]
+name = "any4"
+protocol = "udp"
+address = "0.0.0.0:7008"
+)"),
+            (Lines{
+                R"(t.toml:8:11: listener["lo"].address: tcp 127.0.0.1:7007 cannot be bound together with listener["any"] (0.0.0.0:7007 at t.toml:4:11): the wildcard address takes the port on every address (unless both set reuse_port = true))",
+                R"(t.toml:16:11: listener["any4"].address: udp 0.0.0.0:7008 cannot be bound together with listener["any6"] ([::]:7008 at t.toml:12:11): the wildcard address takes the port on every address)",
+            }));
+}
+
+TEST(ConfigAttack, BindsThatDoStartTogetherAreAccepted) {
+  valid(R"([[listener]]
+name = "a"
+protocol = "tcp"
+address = "0.0.0.0:7007"
+reuse_port = true
+[[listener]]
+name = "b"
+protocol = "tcp"
+address = "127.0.0.1:7007"
+reuse_port = true
+[[listener]]
+name = "c"
+protocol = "udp"
+address = "0.0.0.0:7007"
+[[listener]]
+name = "d"
+protocol = "tcp"
+address = "[::]:7009"
+v6only = true
+[[listener]]
+name = "e"
+protocol = "tcp"
+address = "0.0.0.0:7009"
+[[listener]]
+name = "f"
+protocol = "udp"
+address = "127.0.0.1:7010"
+sockets = 2
+[[listener]]
+name = "g"
+protocol = "udp"
+address = "0.0.0.0:7010"
+sockets = 4
+[[listener]]
+name = "h"
+protocol = "tcp"
+address = "127.0.0.1:7011"
+[[listener]]
+name = "i"
+protocol = "tcp"
+address = "127.0.0.2:7011"
+)");
+}
+
+TEST(ConfigAttack, RelayWhoseUpstreamIsItselfIsRefused) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "loop"
+protocol = "tcp"
+address = "0.0.0.0:7100"
+handler = "relay"
+upstreams = ["127.0.0.1:7100"]
+[[listener]]
+name = "uloop"
+protocol = "udp"
+address = "[::]:7101"
+handler = "relay"
+upstreams = ["127.0.0.1:7101"]
+[[listener]]
+name = "ping"
+protocol = "unix"
+address = "@ping"
+handler = "relay"
+upstreams = ["localhost:7102"]
+[[listener]]
+name = "pong"
+protocol = "tcp"
+address = "127.0.0.1:7102"
+handler = "relay"
+upstreams = ["@ping"]
+)"),
+            (Lines{
+                R"(t.toml:6:14: listener["loop"].upstreams[0]: "127.0.0.1:7100" is this daemon's own relay listener["loop"] (0.0.0.0:7100 at t.toml:4:11): the relay would connect to itself)",
+                R"(t.toml:12:14: listener["uloop"].upstreams[0]: "127.0.0.1:7101" is this daemon's own relay listener["uloop"] ([::]:7101 at t.toml:10:11): the relay would connect to itself)",
+                R"(t.toml:18:14: listener["ping"].upstreams[0]: "localhost:7102" is this daemon's own relay listener["pong"] (127.0.0.1:7102 at t.toml:22:11): the relay would connect to itself)",
+                R"(t.toml:24:14: listener["pong"].upstreams[0]: "@ping" is this daemon's own relay listener["ping"] (@ping at t.toml:16:11): the relay would connect to itself)",
+            }));
+}
+
+TEST(ConfigAttack, RelayToOwnEchoListenerOrOtherProtocolIsFine) {
+  valid(R"([[listener]]
+name = "echo"
+protocol = "tcp"
+address = "0.0.0.0:7007"
+[[listener]]
+name = "relay"
+protocol = "tcp"
+address = "127.0.0.1:7100"
+handler = "relay"
+upstreams = ["127.0.0.1:7007", "127.0.0.1:7101"]
+[[listener]]
+name = "urelay"
+protocol = "udp"
+address = "127.0.0.1:7101"
+handler = "relay"
+upstreams = ["127.0.0.1:7100", "[::1]:7007"]
+[[listener]]
+name = "v6only"
+protocol = "tcp"
+address = "[::]:7102"
+v6only = true
+handler = "relay"
+upstreams = ["127.0.0.1:7102"]
+)");
+}
+
+TEST(ConfigAttack, ControlBytesInNamesArePrintedEscapedAndRefused) {
+  EXPECT_EQ(diagnostics("[daemon]\npid_file = \"/run/x\\u0001.pid\"\n"
+                        "[[listener]]\nname = \"a\"\nprotocol = \"unix\"\naddress = \"@odd\\nname\"\n"
+                        "[[listener]]\nname = \"b\"\nprotocol = \"unix\"\naddress = \"/tmp/x\\u0000y\"\n"
+                        "[[listener]]\nname = \"c\\nd\"\nprotocol = \"unix\"\naddress = \"@c\"\n"
+                        "[[listener]]\nname = \"r\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:0\"\nhandler = \"relay\"\n"
+                        "upstreams = [\"@up\\u007f\"]\n"),
+            (Lines{
+                R"(t.toml:2:12: daemon.pid_file: "/run/x\x01.pid": control characters are not allowed (found \x01))",
+                R"(t.toml:6:11: listener["a"].address: "@odd\nname": control characters are not allowed (found \n))",
+                R"(t.toml:10:11: listener["b"].address: "/tmp/x\x00y": control characters are not allowed (found \x00))",
+                R"(t.toml:12:8: listener[2].name: "c\nd": only letters, digits, '_', '.' and '-' are allowed)",
+                R"(t.toml:20:14: listener["r"].upstreams[0]: "@up\x7f": control characters are not allowed (found \x7f))",
+            }));
+}
+
+TEST(ConfigAttack, UdpLoopDefaults) {
+  Config c = valid(R"([admin]
+[[listener]]
+name = "u"
+protocol = "udp"
+address = "127.0.0.1:7"
+[[listener]]
+name = "v"
+protocol = "udp"
+address = "127.0.0.1:8"
+deny_source_ports = [19]
+rate_limit = 0
+)");
+  EXPECT_EQ(c.admin.max_connections, 64U);
+  EXPECT_EQ(c.listeners[0].rate_limit, 10000U);
+  EXPECT_TRUE(c.listeners[0].deny_own_ports);
+  EXPECT_EQ(c.listeners[0].deny_source_ports, (std::vector<std::uint16_t>{7, 13, 17, 19, 37}));
+  EXPECT_EQ(c.listeners[1].rate_limit, 0U);
+  EXPECT_FALSE(c.listeners[1].deny_own_ports);
+  EXPECT_EQ(c.listeners[1].deny_source_ports, (std::vector<std::uint16_t>{19}));
 }
 
 }  // namespace
