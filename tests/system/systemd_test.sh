@@ -73,9 +73,9 @@ stop_loop() {  # stop_loop NAME: stop the loop, fail on any failed request
   read -r r f c < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["requests"], d["failed"], d["reconnects"])' "$WORK/$1.json")
   TOTAL_REQ=$((TOTAL_REQ + r)) TOTAL_FAIL=$((TOTAL_FAIL + f)) TOTAL_RECONNECT=$((TOTAL_RECONNECT + c))
 }
-wait_main_pid_change() {  # wait_main_pid_change OLD: until MainPID is another live pid
+wait_main_pid_change() {  # wait_main_pid_change OLD [TRIES]: until MainPID is another pid, active
   local pid
-  for _ in $(seq 200); do
+  for _ in $(seq "${2:-200}"); do
     pid=$(show MainPID)
     [ "$pid" != "$1" ] && [ "$pid" != 0 ] && [ "$(show ActiveState)" = active ] && { echo "$pid"; return; }
     sleep 0.05
@@ -105,16 +105,27 @@ cp "$WORK/test-config.toml" "$root/etc/echorelay/echorelay.toml"
 mkdir -p "$root/etc/systemd/system/echorelay.service.d"
 printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=3s\n' >"$root/etc/systemd/system/echorelay.service.d/test.conf"
 ct systemctl daemon-reload
-ct systemctl start echorelay.service
-probe_all || fail "not serving right after systemctl start returned"
+# Poll the state from the moment the start is queued: whenever it says active, every
+# listener must answer at once (Type=notify: active means READY=1 came).
+ct systemctl start --no-block echorelay.service
+seen_activating=0
+for _ in $(seq 400); do
+  st=$(show ActiveState)
+  [ "$st" = activating ] && seen_activating=$((seen_activating + 1))
+  [ "$st" = active ] && break
+  [ "$st" = failed ] && fail "start failed"
+done
+[ "$st" = active ] || fail "not active after the start: $st"
+probe_all || fail "active, but not every listener answers"
 active_us=$(show ActiveEnterTimestampMonotonic)
-ready_us=$(ct journalctl -u echorelay.service -o json --no-pager |
+# the listeners were open (logged before READY=1) before the unit became active
+open_us=$(ct journalctl -u echorelay.service -o json --no-pager _PID="$(show MainPID)" |
   python3 -c 'import json,sys
-ts=[int(d["__MONOTONIC_TIMESTAMP"]) for d in map(json.loads, sys.stdin) if " ready: " in str(d.get("MESSAGE",""))]
-print(ts[-1] if ts else 0)')
-[ "$ready_us" -gt 0 ] || fail "no ready line in the journal"
-[ "$ready_us" -le "$active_us" ] || fail "active at $active_us us before the daemon was ready at $ready_us us"
-say "start: ready at $ready_us us, active at $active_us us (monotonic)"
+ts=[int(d["__MONOTONIC_TIMESTAMP"]) for d in map(json.loads, sys.stdin) if str(d.get("MESSAGE","")).startswith("listening on ")]
+print(max(ts) if len(ts) == 3 else 0)')
+[ "$open_us" -gt 0 ] || fail "the journal does not show the 3 listeners opening"
+[ "$open_us" -le "$active_us" ] || fail "active at $active_us us before the last listener opened at $open_us us"
+say "start: listeners open at $open_us us, active at $active_us us (monotonic); seen activating $seen_activating times"
 
 # --- reload = hot restart ---------------------------------------------------------
 start_loop reload --unix
@@ -122,7 +133,8 @@ pid=$(show MainPID)
 for i in 1 2 3; do
   ct systemctl reload echorelay.service
   new=$(wait_main_pid_change "$pid")
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 100); do ct kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  ! ct kill -0 "$pid" 2>/dev/null || fail "the old process $pid did not exit after the reload"
   sleep 0.5
   pid=$new
 done
@@ -163,8 +175,8 @@ say "restart: no refused connection; the new process ($new) adopted the stored s
 # --- watchdog ---------------------------------------------------------------------
 pid=$(show MainPID)
 restarts=$(show NRestarts)
-kill -STOP "$pid"
-new=$(wait_main_pid_change "$pid")
+ct kill -STOP "$pid"   # MainPID is a pid of the container's namespace
+new=$(wait_main_pid_change "$pid" 600)
 for _ in $(seq 100); do probe_all && break; sleep 0.1; done
 [ "$(show NRestarts)" -gt "$restarts" ] || fail "the watchdog did not restart the service"
 ct journalctl -u echorelay.service --no-pager | grep -qi watchdog || fail "no watchdog message in the journal"
