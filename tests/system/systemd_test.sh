@@ -42,7 +42,12 @@ for _ in $(seq 100); do
 done
 [ -n "$leader" ] || { cat "$WORK/console.log"; fail "the container did not start"; }
 ct() { nsenter -t "$leader" -m -u -i -n -p -- "$@"; }
-state=$(ct timeout 60 systemctl is-system-running --wait 2>&1 || true)
+state=
+for _ in $(seq 120); do   # the manager's socket appears a moment after PID 1 starts
+  state=$(ct timeout 60 systemctl is-system-running --wait 2>&1 || true)
+  case $state in running|degraded) break ;; esac
+  sleep 0.25
+done
 [ "$state" = running ] || [ "$state" = degraded ] || { tail -30 "$WORK/console.log"; fail "boot: $state"; }
 say "systemd is up in the container (leader pid $leader): $state"
 root=/proc/$leader/root
