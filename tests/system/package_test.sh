@@ -9,7 +9,10 @@ source "$(dirname "$0")/common.sh"
 need_cmd dpkg-buildpackage dh lintian dpkg-deb
 OUT_DIR=${1:?usage: package_test.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
-WORK=$(mktemp -d /tmp/echorelay-deb.XXXXXX)
+# A fixed scratch path: with ccache, a second build of the same sources is quick.
+WORK=${ECHORELAY_DEB_WORK:-${TMPDIR:-/tmp}/echorelay-deb-build}
+rm -rf "$WORK"
+mkdir -p "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 version=$(dpkg-parsechangelog -l "$SOURCE_DIR/packaging/debian/changelog" -S Version)
 src=$WORK/echorelay-$version
@@ -42,7 +45,7 @@ for path in ./usr/sbin/echorelayd ./etc/echorelay/echorelay.toml ./lib/systemd/s
 done
 dpkg-deb --info "$deb" conffiles | grep -qx /etc/echorelay/echorelay.toml || fail "the config is not a conffile"
 dpkg-deb --info "$deb" postinst >"$WORK/postinst"
-grep -q 'deb-systemd-invoke reload echorelay.service' "$WORK/postinst" || fail "postinst does not reload on upgrade"
+grep -q 'deb-systemd-invoke try-reload-or-restart echorelay.service' "$WORK/postinst" || fail "postinst does not reload on upgrade"
 if grep -Eq 'deb-systemd-invoke (restart|try-restart) .*echorelay.service' "$WORK/postinst"; then
   fail "postinst restarts the service on upgrade"
 fi
