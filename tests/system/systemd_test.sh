@@ -53,6 +53,12 @@ say "systemd is up in the container (leader pid $leader): $state"
 root=/proc/$leader/root
 client() { nsenter -t "$leader" -n -- python3 "$SYSTEM_DIR/client.py" "$@"; }
 show() { ct systemctl show -P "$1" echorelay.service; }
+# grep in the unit's journal (not `journalctl | grep -q`: with pipefail, grep's early
+# exit makes journalctl fail with SIGPIPE)
+journal_has() {
+  ct journalctl -u echorelay.service --no-pager >"$WORK/journal.txt"
+  grep -q "$@" "$WORK/journal.txt"
+}
 probe_all() {
   ct echorelayd probe tcp://127.0.0.1:7007 >/dev/null && ct echorelayd probe udp://127.0.0.1:7007 >/dev/null &&
     ct echorelayd probe unix:///run/echorelay/echo.sock >/dev/null
@@ -156,7 +162,7 @@ if ct systemctl reload echorelay.service 2>/dev/null; then fail "reload with a b
 # and a SIGHUP that gets past ExecReload's check: the successor fails, the old one serves
 ct systemctl kill -s HUP --kill-who=main echorelay.service
 deadline=$((SECONDS + 30))
-until ct journalctl -u echorelay.service --no-pager | grep -q 'hot restart failed'; do
+until journal_has 'hot restart failed'; do
   [ $SECONDS -lt $deadline ] || { ct journalctl -u echorelay.service --no-pager | tail -15
     fail "no 'hot restart failed' after SIGHUP with a broken config"; }
   sleep 0.2
@@ -175,7 +181,7 @@ ct systemctl restart echorelay.service
 new=$(wait_main_pid_change "$pid")
 sleep 1
 stop_loop restart
-ct journalctl -u echorelay.service --no-pager | grep -q "echorelayd\[$new\]: listening on .* as echo-tcp (inherited)" ||
+journal_has "echorelayd\[$new\]: listening on .* as echo-tcp (inherited)" ||
   fail "after restart the listener was not taken from the fd store"
 probe_all || fail "not serving after restart"
 say "restart: no refused connection; the new process ($new) adopted the stored sockets"
@@ -187,7 +193,7 @@ ct kill -STOP "$pid"   # MainPID is a pid of the container's namespace
 new=$(wait_main_pid_change "$pid" 600)
 for _ in $(seq 100); do probe_all && break; sleep 0.1; done
 [ "$(show NRestarts)" -gt "$restarts" ] || fail "the watchdog did not restart the service"
-ct journalctl -u echorelay.service --no-pager | grep -qi watchdog || fail "no watchdog message in the journal"
+journal_has -i watchdog || fail "no watchdog message in the journal"
 say "watchdog: stopped pid $pid replaced by $new"
 
 # --- stop drains within drain_timeout ---------------------------------------------
@@ -216,7 +222,7 @@ ct systemctl start echorelay.socket
 [ "$(ct systemctl is-active echorelay.service)" != active ] || fail "service active before the first connection"
 ct echorelayd probe tcp://127.0.0.1:7007 --timeout 5s >/dev/null || fail "no echo through the socket unit"
 [ "$(show ActiveState)" = active ] || fail "the connection did not start the service"
-ct journalctl -u echorelay.service --no-pager | grep -q "echorelayd\[$(show MainPID)\]: listening on .* as echo-tcp (inherited)" ||
+journal_has "echorelayd\[$(show MainPID)\]: listening on .* as echo-tcp (inherited)" ||
   fail "the service did not adopt the socket unit's socket by its FileDescriptorName"
 say "socket activation: started by the first connection, echo-tcp adopted by name"
 
