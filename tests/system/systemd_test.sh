@@ -145,8 +145,8 @@ pid=$(show MainPID)
 for i in 1 2 3; do
   ct systemctl reload echorelay.service
   new=$(wait_main_pid_change "$pid")
-  for _ in $(seq 100); do ct kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  ! ct kill -0 "$pid" 2>/dev/null || fail "the old process $pid did not exit after the reload"
+  for _ in $(seq 100); do ct sh -c "kill -0 $pid" 2>/dev/null || break; sleep 0.1; done
+  ! ct sh -c "kill -0 $pid" 2>/dev/null || fail "the old process $pid did not exit after the reload"
   sleep 0.5
   pid=$new
 done
@@ -189,7 +189,7 @@ say "restart: no refused connection; the new process ($new) adopted the stored s
 # --- watchdog ---------------------------------------------------------------------
 pid=$(show MainPID)
 restarts=$(show NRestarts)
-ct kill -STOP "$pid"   # MainPID is a pid of the container's namespace
+ct sh -c "kill -STOP $pid"   # MainPID is a pid of the container's namespace
 new=$(wait_main_pid_change "$pid" 600)
 for _ in $(seq 100); do probe_all && break; sleep 0.1; done
 [ "$(show NRestarts)" -gt "$restarts" ] || fail "the watchdog did not restart the service"
