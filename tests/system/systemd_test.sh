@@ -21,7 +21,9 @@ cp "$DEB" "$WORK/echorelay.deb"
 cp "$SYSTEM_DIR/test-config.toml" "$WORK/"
 nspawn_pid= leader= client_pid=
 cleanup() {
+  touch "$WORK/stop"   # a client loop still running ends by itself
   [ -n "$client_pid" ] && kill "$client_pid" 2>/dev/null
+  sleep 0.2
   if [ -n "$nspawn_pid" ]; then
     kill -TERM "$nspawn_pid" 2>/dev/null   # nspawn asks the container's systemd to power off
     for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
@@ -36,7 +38,7 @@ systemd-nspawn -q -b -D "$TREE" --volatile=overlay --register=no --keep-unit --p
   --console=pipe --bind-ro="$WORK":/mnt/test >"$WORK/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
 for _ in $(seq 100); do
-  leader=$(ps -o pid= --ppid "$nspawn_pid" | head -1 | tr -d ' ')
+  leader=$(ps -o pid= --ppid "$nspawn_pid" | head -1 | tr -d ' ' || true)
   [ -n "$leader" ] && [ "$(cat "/proc/$leader/comm" 2>/dev/null)" = systemd ] && break
   sleep 0.1
 done
