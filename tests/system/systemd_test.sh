@@ -205,16 +205,19 @@ journal_has -i watchdog || fail "no watchdog message in the journal"
 say "watchdog: stopped pid $pid replaced by $new"
 
 # --- stop drains within drain_timeout ---------------------------------------------
-nsenter -t "$leader" -n -- python3 - "$WORK/idle-closed" <<'PY' &
+nsenter -t "$leader" -n -- python3 - "$WORK/idle-closed" "$WORK/held" <<'PY' &
 import socket, sys, time
 s = socket.create_connection(("127.0.0.1", 7007), timeout=30)
 s.sendall(b"half a request")            # in flight: no newline yet
+open(sys.argv[2], "w").close()
 t = time.monotonic()
 s.recv(100)                              # returns at the drain's end
 open(sys.argv[1], "w").write(str(time.monotonic() - t))
 PY
 held=$!
-sleep 0.5
+for _ in $(seq 100); do [ -f "$WORK/held" ] && break; sleep 0.1; done
+[ -f "$WORK/held" ] || fail "could not open the connection held across the stop"
+sleep 0.3
 t0=$(date +%s%N)
 ct systemctl stop echorelay.service
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
