@@ -21,6 +21,8 @@ cp "$DEB" "$WORK/echorelay.deb"
 cp "$SYSTEM_DIR/test-config.toml" "$WORK/"
 nspawn_pid= leader= client_pid=
 cleanup() {
+  local rc=$?
+  set +e
   touch "$WORK/stop"   # a client loop still running ends by itself
   [ -n "$client_pid" ] && kill "$client_pid" 2>/dev/null
   sleep 0.2
@@ -30,6 +32,7 @@ cleanup() {
     kill -KILL "$nspawn_pid" 2>/dev/null
   fi
   rm -rf "$WORK"
+  exit "$rc"
 }
 trap cleanup EXIT
 
