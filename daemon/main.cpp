@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   const int ready_fd = lifecycle::take_ready_fd();  // set when a predecessor started us
   bool check = false;
   bool supervise = false;
+  bool no_supervise = false;
   bool version = false;
   std::string log_level;
   std::string log_format;
@@ -52,7 +54,12 @@ int main(int argc, char** argv) {
   cli.add_option("-c,--config", config_path, "configuration file");
   cli.add_flag("--check", check, "validate the configuration and exit (0 valid, 1 invalid)");
   cli.add_flag("--version", version, "print the version and exit");
-  cli.add_flag("--supervise", supervise, "run under a stable-PID supervisor (PID 1 in containers)");
+  auto* supervise_flag = cli.add_flag(
+      "--supervise", supervise,
+      "run under a stable-PID supervisor (PID 1 in containers); the default without NOTIFY_SOCKET");
+  cli.add_flag("--no-supervise", no_supervise,
+               "never run the supervisor: a hot restart replaces this process by a new PID")
+      ->excludes(supervise_flag);
   cli.add_option("--log-level", log_level, "trace|debug|info|warn|error (overrides [log] level)");
   cli.add_option("--log-format", log_format, "auto|text|json|journal (overrides [log] format)");
   cli.add_option("--bound-addresses-file", options.bound_addresses_file,
@@ -112,12 +119,22 @@ int main(int argc, char** argv) {
   }
   obs::setup_logging(cfg.log.level, cfg.log.format);
   options.exe_path = own_executable_path(argv[0]);
-  if (supervise) {
-    // The supervisor re-runs this binary without --supervise as its worker.
+  // Without a service manager following MAINPID= (no NOTIFY_SOCKET), a hot restart
+  // would hand the service to a new PID that the shell or the container runtime
+  // does not know: supervise by default there, so the PID that was started stays.
+  // A successor started by a hot restart (ready_fd set) is always a worker.
+  const char* notify_socket = std::getenv("NOTIFY_SOCKET");
+  const bool managed = notify_socket != nullptr && *notify_socket != '\0';
+  if (!supervise && !no_supervise && !managed && ready_fd < 0) supervise = true;
+  if (supervise && ready_fd < 0) {
+    // The supervisor re-runs this binary as its worker, with --no-supervise (the
+    // worker and its successors must never start a supervisor of their own).
     std::vector<std::string> worker_argv;
     for (int i = 0; i < argc; ++i) {
-      if (std::string_view(argv[i]) != "--supervise") worker_argv.emplace_back(argv[i]);
+      const std::string_view arg(argv[i]);
+      if (arg != "--supervise" && arg != "--no-supervise") worker_argv.emplace_back(argv[i]);
     }
+    worker_argv.emplace_back("--no-supervise");
     return lifecycle::run_supervisor(options.exe_path, std::move(worker_argv));
   }
   for (int i = 0; i < argc; ++i) options.argv.emplace_back(argv[i]);

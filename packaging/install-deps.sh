@@ -12,7 +12,14 @@ packages=(
   clang-14 libclang-rt-14-dev
   # real peers the tests talk to
   systemd iproute2 socat netcat-openbsd python3 procps dnsmasq-base
+  # the README's quick tour
+  curl xxd
+  # system tests (tests/system): the image, the package, systemd as PID 1, Kubernetes YAML
+  podman runc debootstrap systemd-container dpkg-dev debhelper lintian python3-yaml
 )
+# dockerfile-utils (the Dockerfile lint) comes from npm; a Node.js from elsewhere
+# (e.g. NodeSource) brings its own npm and conflicts with Debian's.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

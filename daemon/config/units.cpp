@@ -90,8 +90,15 @@ Result<std::uint64_t> parse_size(std::string_view text) {
     shift = 40;
   } else if (unit == "KB" || unit == "MB" || unit == "GB" || unit == "TB" || unit == "kB") {
     // KB means 1000 to some and 1024 to others; make the operator say which.
-    std::string binary = std::string(1, static_cast<char>(unit[0] == 'k' ? 'K' : unit[0])) + "iB";
-    return unit_error(text, "\"" + std::string(unit) + "\" is ambiguous; write \"" + binary + "\" for multiples of 1024");
+    // Built with append, not `"\"" + std::string(unit) + ...`: at -O3 g++ 12 inlines
+    // operator+(const char*, string&&) and reports an impossible memcpy size
+    // (-Wstringop-overflow, a false positive: GCC bug 105651, fixed in GCC 13).
+    std::string why = "\"";
+    why.append(unit);
+    why += "\" is ambiguous; write \"";
+    why += unit[0] == 'k' ? 'K' : unit[0];
+    why += "iB\" for multiples of 1024";
+    return unit_error(text, why);
   } else {
     return unit_error(text, "unknown unit \"" + std::string(unit) + "\" (use B, KiB, MiB, GiB or TiB)");
   }

@@ -362,7 +362,9 @@ void ServiceUnderTest::write_config(const std::string& toml) {
   argv.insert(argv.end(), {"-c", config_path_});
   if (options_.bound_addresses) argv.insert(argv.end(), {"--bound-addresses-file", bound_path_});
   argv.insert(argv.end(), {"--log-level", options_.log_level, "--log-format", "text"});
-  if (options_.supervise) argv.push_back("--supervise");
+  // Direct unless asked: a hot restart gives a new MAINPID (the default without a
+  // NOTIFY_SOCKET would be the supervisor).
+  argv.push_back(options_.supervise ? "--supervise" : "--no-supervise");
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
 
   std::vector<std::string> env;
