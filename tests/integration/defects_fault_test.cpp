@@ -25,21 +25,6 @@ bool has_line_containing(const std::string& text, const std::string& needle) {
   return false;
 }
 
-std::size_t open_fds(pid_t pid) {
-  std::size_t n = 0;
-  DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
-  if (d == nullptr) return 0;
-  while (auto* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n;
-}
-
-double metric_or(const std::string& admin, std::string_view name, const Labels& labels, double fallback = -1) {
-  return fetch_metric(admin, name, labels).value_or(fallback);
-}
-
 // A UDP port on 127.0.0.1 nobody uses right now (bound to 0, read, closed).
 std::uint16_t free_udp_port() {
   Fd s = udp_bind("127.0.0.1:0");

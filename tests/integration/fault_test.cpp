@@ -27,21 +27,6 @@
 namespace echorelay::test {
 namespace {
 
-std::size_t open_fds(pid_t pid) {
-  std::size_t n = 0;
-  DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
-  if (d == nullptr) return 0;
-  while (auto* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n;
-}
-
-double metric_or(const std::string& admin, std::string_view name, const Labels& labels, double fallback = -1) {
-  return fetch_metric(admin, name, labels).value_or(fallback);
-}
-
 int scale() {
   const char* s = std::getenv("ECHORELAY_FAULT_SCALE");
   const int n = s ? std::atoi(s) : 1;

@@ -4,6 +4,8 @@
 // never inherits a test's client sockets.
 #include "harness.hpp"
 
+#include <dirent.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -824,6 +826,21 @@ std::optional<double> metric_value(std::string_view exposition, std::string_view
     return std::strtod(std::string(l.substr(pos)).c_str(), nullptr);
   }
   return std::nullopt;
+}
+
+double metric_or(const std::string& admin, std::string_view name, const Labels& labels, double fallback) {
+  return fetch_metric(admin, name, labels).value_or(fallback);
+}
+
+std::size_t open_fds(pid_t pid) {
+  std::size_t n = 0;
+  DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (d == nullptr) return 0;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n;
 }
 
 std::optional<double> fetch_metric(const std::string& admin, std::string_view name, const Labels& labels) {

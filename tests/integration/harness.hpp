@@ -77,6 +77,8 @@ std::string unique_name(std::string_view prefix);
 bool wait_until(const std::function<bool()>& condition, Millis timeout = kIoTimeout, Millis interval = Millis(10));
 
 std::string read_file(const std::string& path);
+// Entries of /proc/PID/fd: what a process holds open, seen from outside (0 if gone).
+std::size_t open_fds(pid_t pid);
 // The lines of `text` without their '\n'.
 std::vector<std::string> split_lines(std::string_view text);
 // The last `n` characters of `text`, marked "..." when cut (for failure messages).
@@ -233,6 +235,8 @@ std::optional<double> metric_value(std::string_view exposition, std::string_view
 // Fetches /metrics from `admin` and returns the metric (nullopt if absent or unreachable).
 std::optional<double> fetch_metric(const std::string& admin, std::string_view name,
                                    const Labels& labels);
+// fetch_metric, or `fallback` when the metric is absent or the endpoint unreachable.
+double metric_or(const std::string& admin, std::string_view name, const Labels& labels, double fallback = -1);
 // Polls /metrics until the metric equals `expected`; on timeout the failure message
 // reports the last value seen.
 ::testing::AssertionResult wait_metric(const std::string& admin, std::string_view name,

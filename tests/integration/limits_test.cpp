@@ -105,15 +105,6 @@ handler = "echo"
 namespace echorelay::test {
 namespace {
 
-std::size_t open_fds(pid_t pid) {
-  std::size_t n = 0;
-  for ([[maybe_unused]] const auto& entry :
-       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
-    ++n;
-  }
-  return n;
-}
-
 // utime + stime of `pid`, in clock ticks.
 long cpu_ticks(pid_t pid) {
   const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");

@@ -17,18 +17,6 @@
 namespace echorelay::test {
 namespace {
 
-int open_fds(pid_t pid) {
-  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return -1;
-  int n = 0;
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n;
-}
-
 std::string fd_listing(pid_t pid) {
   auto r = run_process({"/bin/ls", "-l", "/proc/" + std::to_string(pid) + "/fd"});
   return tail(r.output, 3000);
@@ -58,7 +46,7 @@ upstreams = [")" + tcp + R"("]
   const std::string relay = svc.address("relay");
   // The successors' own fds: listeners, event loops, admin, notify, resolver. Measured
   // on a process with no connection open.
-  const int baseline = open_fds(svc.main_pid());
+  const int baseline = static_cast<int>(open_fds(svc.main_pid()));
   ASSERT_GT(baseline, 0);
   constexpr int kClients = 300;
   constexpr int kRelayed = 50;
@@ -85,7 +73,7 @@ upstreams = [")" + tcp + R"("]
     for (auto& fd : clients) EXPECT_TRUE(expect_closed(fd.get(), 10000ms));
     ASSERT_TRUE(wait_gone(old_pid, 10000ms).gone);
     ASSERT_TRUE(connect_all());
-    const int held = open_fds(svc.main_pid());
+    const int held = static_cast<int>(open_fds(svc.main_pid()));
     EXPECT_LE(held, baseline + kExpected + 4)
         << "after restart " << restart << " the main process holds " << held << " fds for " << kClients
         << " echo and " << kRelayed << " relayed connections (baseline " << baseline << ")\n"
@@ -96,7 +84,7 @@ upstreams = [")" + tcp + R"("]
   ASSERT_TRUE(wait_metric(svc.admin(), "echorelay_connections_active", {{"listener", "tcp"}}, 0));
   ASSERT_TRUE(wait_metric(svc.admin(), "echorelay_connections_active", {{"listener", "relay"}}, 0));
   const pid_t main_pid = svc.main_pid();
-  EXPECT_TRUE(wait_until([&] { return open_fds(main_pid) <= baseline + 2; }, 5000ms))
+  EXPECT_TRUE(wait_until([&] { return static_cast<int>(open_fds(main_pid)) <= baseline + 2; }, 5000ms))
       << "with every client gone the main process still holds " << open_fds(main_pid) << " fds (baseline "
       << baseline << ")\n"
       << fd_listing(main_pid);
@@ -118,42 +106,15 @@ std::map<std::string, double> counters_of(const std::string& exposition) {
   return out;
 }
 
-std::string relay_config(const std::string& unix_path) {
-  return R"(
-[daemon]
-workers = 2
-drain_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-read_timeout = "60s"
-
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
-}
-
 TEST(RestartState, CountersGoOnFromThePredecessorsTotalsAndIncludeWhatItCountedWhileDraining) {
   TempDir scratch;
   const std::string unix_path = scratch.file("echo.sock");
-  ServiceUnderTest svc(relay_config(unix_path));
+  ServiceUnderTest svc(tcp_unix_udp_config(unix_path));
   ASSERT_TRUE(svc.start());
   // Relays to the echo listeners need their ports: add them now and restart once.
   const std::string tcp = svc.address("tcp");
   const std::string udp = svc.address("udp");
-  svc.write_config(relay_config(unix_path) + R"(
+  svc.write_config(tcp_unix_udp_config(unix_path) + R"(
 [[listener]]
 name = "tcp-relay"
 protocol = "tcp"

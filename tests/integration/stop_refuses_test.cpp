@@ -19,33 +19,6 @@
 namespace echorelay::test {
 namespace {
 
-std::string stop_config(const std::string& unix_path) {
-  return R"(
-[daemon]
-workers = 2
-drain_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-read_timeout = "60s"
-
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
-}
-
 // Polls until connecting to `address` fails with ECONNREFUSED; returns how long that
 // took, or nullopt if it was still accepted (or failed otherwise) at `timeout`.
 std::optional<Millis> until_refused(const std::string& address, Millis timeout, std::string* last) {
@@ -83,7 +56,7 @@ std::optional<Millis> until_datagram_refused(const std::string& address, Millis 
 TEST(StopRefuses, SigtermRefusesNewConnectionsAndDatagramsAtOnceWhileTheRequestInFlightIsAnswered) {
   TempDir scratch;
   const std::string unix_path = scratch.file("echo.sock");
-  ServiceUnderTest svc(stop_config(unix_path));
+  ServiceUnderTest svc(tcp_unix_udp_config(unix_path));
   ASSERT_TRUE(svc.start());
   const std::string tcp = svc.address("tcp");
   const std::string udp = svc.address("udp");
@@ -129,7 +102,7 @@ TEST(StopRefuses, SigtermRefusesNewConnectionsAndDatagramsAtOnceWhileTheRequestI
 
 TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswered) {
   TempDir scratch;
-  ServiceUnderTest svc(stop_config(scratch.file("echo.sock")));
+  ServiceUnderTest svc(tcp_unix_udp_config(scratch.file("echo.sock")));
   ASSERT_TRUE(svc.start());
   Fd early = connect_to(svc.address("tcp"));
   ASSERT_TRUE(early);
@@ -150,7 +123,7 @@ TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswere
 
 TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswered) {
   TempDir scratch;
-  ServiceUnderTest svc(stop_config(scratch.file("echo.sock")));
+  ServiceUnderTest svc(tcp_unix_udp_config(scratch.file("echo.sock")));
   ASSERT_TRUE(svc.start());
   Fd early = connect_to(svc.address("tcp"));
   ASSERT_TRUE(early);
@@ -168,7 +141,7 @@ TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswe
 
 TEST(StopRefuses, DatagramsQueuedWhenTheDrainBeginsAreAnsweredBeforeTheSocketCloses) {
   TempDir scratch;
-  ServiceUnderTest svc(stop_config(scratch.file("echo.sock")));
+  ServiceUnderTest svc(tcp_unix_udp_config(scratch.file("echo.sock")));
   ASSERT_TRUE(svc.start());
   svc.notify().release_fds();
   Fd client = udp_connect(svc.address("udp"));
@@ -192,7 +165,7 @@ TEST(StopRefuses, DatagramsQueuedWhenTheDrainBeginsAreAnsweredBeforeTheSocketClo
 // while the service stops, and starts the next instance with it.
 TEST(StopRefuses, WhenAnotherHolderKeepsTheSocketConnectionsDuringTheDrainWaitForTheNextInstance) {
   TempDir scratch;
-  ServiceUnderTest svc(stop_config(scratch.file("echo.sock")));
+  ServiceUnderTest svc(tcp_unix_udp_config(scratch.file("echo.sock")));
   ASSERT_TRUE(svc.start());
   const std::string tcp = svc.address("tcp");
   Fd in_flight = connect_to(tcp);
