@@ -214,8 +214,12 @@ s = socket.create_connection(("127.0.0.1", 7007), timeout=30)
 s.sendall(b"half a request")            # in flight: no newline yet
 open(sys.argv[2], "w").close()
 t = time.monotonic()
-s.recv(100)                              # returns at the drain's end
-open(sys.argv[1], "w").write(str(time.monotonic() - t))
+try:
+    s.recv(100)                          # the drain's end: what is left is reset
+    how = "eof"
+except ConnectionResetError:
+    how = "reset"
+open(sys.argv[1], "w").write(how)
 PY
 held=$!
 for _ in $(seq 100); do [ -f "$WORK/held" ] && break; sleep 0.1; done
@@ -230,6 +234,9 @@ wait "$held" || true
 [ "$ms" -lt 7000 ] || fail "stop took $ms ms with drain_timeout 5s"
 [ -f "$WORK/idle-closed" ] || { ct journalctl -u echorelay.service --no-pager | tail -25
   fail "the in-flight connection was not closed by the drain"; }
+# Cut at drain_timeout with its request unfinished: a reset, never a clean EOF that a
+# client could take for a complete exchange (docs/CONFIG.md, "What a client ... sees").
+[ "$(cat "$WORK/idle-closed")" = reset ] || fail "the in-flight connection was closed with $(cat "$WORK/idle-closed"), not reset"
 say "stop: drained in $ms ms (drain_timeout 5s), exit 0"
 
 # --- socket activation ------------------------------------------------------------
