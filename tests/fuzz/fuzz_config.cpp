@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdint>
 #include <set>
 #include <cstring>
@@ -35,9 +36,14 @@ LoadResult check_file(std::string_view text) {
 }
 
 // A diagnostic may name the file more than once (a conflict names both places): every
-// occurrence of the file's name becomes FILE.
+// "NAME:LINE" becomes "FILE:LINE". Only a location: a value may hold the name too.
 std::string with_file_as(std::string text, const std::string& name) {
-  for (auto at = text.find(name); at != std::string::npos; at = text.find(name, at + 4)) text.replace(at, name.size(), "FILE");
+  for (auto at = text.find(name); at != std::string::npos; at = text.find(name, at + 1)) {
+    const auto after = at + name.size();
+    if (after + 1 < text.size() && text[after] == ':' && std::isdigit(static_cast<unsigned char>(text[after + 1]))) {
+      text.replace(at, name.size(), "FILE");
+    }
+  }
   return text;
 }
 
