@@ -225,6 +225,10 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
     if (last && sent == Sent::All) {
       pending_.clear();
       answered(scan.frames, now);
+      // A Unix socket has no cork: the client woken by the answer may run (on this CPU,
+      // preempting us) and send its next request before our FIN. Then it is here now:
+      // answer it too, and close behind that one instead.
+      if (spec_.protocol != config::Protocol::Tcp && waiting_in_socket()) return true;
       reason_ = "drained";
       start_linger(now);
       return false;
