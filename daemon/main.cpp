@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   cli.add_flag("--version", version, "print the version and exit");
   auto* supervise_flag = cli.add_flag(
       "--supervise", supervise,
-      "run under a stable-PID supervisor (PID 1 in containers); the default without NOTIFY_SOCKET");
+      "run under a stable-PID supervisor (the default)");
   cli.add_flag("--no-supervise", no_supervise,
                "never run the supervisor: a hot restart replaces this process by a new PID")
       ->excludes(supervise_flag);
@@ -119,13 +119,11 @@ int main(int argc, char** argv) {
   }
   obs::setup_logging(cfg.log.level, cfg.log.format);
   options.exe_path = own_executable_path(argv[0]);
-  // Without a service manager following MAINPID= (no NOTIFY_SOCKET), a hot restart
-  // would hand the service to a new PID that the shell or the container runtime
-  // does not know: supervise by default there, so the PID that was started stays.
-  // A successor started by a hot restart (ready_fd set) is always a worker.
-  const char* notify_socket = std::getenv("NOTIFY_SOCKET");
-  const bool managed = notify_socket != nullptr && *notify_socket != '\0';
-  if (!supervise && !no_supervise && !managed && ready_fd < 0) supervise = true;
+  // Supervised by default: a hot restart would otherwise hand the service to a new PID
+  // that the shell or the container runtime does not know, and that systemd, which
+  // follows MAINPID=, does not wait for on stop before version 254 (it is not its
+  // child). A successor started by a hot restart (ready_fd set) is always a worker.
+  if (!no_supervise && ready_fd < 0) supervise = true;
   if (supervise && ready_fd < 0) {
     // The supervisor re-runs this binary as its worker, with --no-supervise (the
     // worker and its successors must never start a supervisor of their own).

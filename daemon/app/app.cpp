@@ -279,10 +279,17 @@ void App::Impl::become_main() {
   if (!config.daemon.pid_file.empty() && !write_atomically(config.daemon.pid_file, std::to_string(pid) + "\n")) {
     spdlog::error("cannot write pid file {}", config.daemon.pid_file);
   }
-  for (const auto& open : listeners) {
+  const bool store_outlives_us = os::fd_store_reaches_manager();
+  for (auto& open : listeners) {
     std::vector<int> fds;
     for (const auto& fd : open.fds) fds.push_back(fd.get());
-    os::store_fds(open.spec->name, fds);
+    if (os::store_fds(open.spec->name, fds) && store_outlives_us && open.owns_path) {
+      // The stored socket outlives us and a `systemctl restart` hands it back: its
+      // file must stay where clients look (a stale one is cleared at the next bind).
+      open.owns_path = false;
+      spdlog::info("{}: the socket file stays at exit, the service manager's fd store keeps its socket",
+                   open.spec->name);
+    }
   }
   if (admin_server && admin_server->native_handle() >= 0) os::store_fds(kAdminFdName, {admin_server->native_handle()});
   os::notify(fmt::format("MAINPID={}\nREADY=1\nSTATUS={}", pid, status_line()));

@@ -71,6 +71,8 @@ bool Supervisor::spawn_worker(std::vector<os::InheritedFd> inherited) {
   request.argv = worker_argv;
   for (auto& e : os::current_environment()) {
     if (e.rfind("NOTIFY_SOCKET=", 0) == 0) continue;
+    // Without a manager of our own, what the worker stores goes nowhere.
+    if (e.rfind(std::string(os::kFdStoreEnv) + "=", 0) == 0 && !os::notify_socket_set()) continue;
     request.env.push_back(e);
   }
   request.extra_env.push_back("NOTIFY_SOCKET=@" + notify_name);

@@ -45,6 +45,12 @@ bool remove_stored_fds(const std::string& name) {
 
 bool notify_socket_set() { return std::getenv("NOTIFY_SOCKET") != nullptr; }
 
+bool fd_store_reaches_manager() {
+  if (!notify_socket_set()) return false;
+  const char* size = std::getenv(kFdStoreEnv);
+  return size != nullptr && std::strtol(size, nullptr, 10) > 0;
+}
+
 std::optional<std::chrono::microseconds> watchdog_interval() {
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) return std::chrono::microseconds(usec);

@@ -31,6 +31,13 @@ bool store_fds(const std::string& name, const std::vector<int>& fds);
 bool remove_stored_fds(const std::string& name);
 bool notify_socket_set();
 
+// $FDSTORE: the size of the service manager's fd store (FileDescriptorStoreMax=;
+// systemd sets it from 254 on, our unit sets it for older ones).
+inline constexpr const char* kFdStoreEnv = "FDSTORE";
+// Whether fds passed to store_fds() outlive this process in the manager's store: a
+// NOTIFY_SOCKET and a $FDSTORE above 0 (systemd does not confirm FDSTORE=1).
+bool fd_store_reaches_manager();
+
 // WATCHDOG_USEC for this process, if the service manager wants pings.
 std::optional<std::chrono::microseconds> watchdog_interval();
 

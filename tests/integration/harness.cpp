@@ -275,7 +275,9 @@ Daemon::~Daemon() {
     argv.push_back(options_.log_format);
   }
   for (const auto& a : options_.extra_args) argv.push_back(a);
-  Spawned child = echorelay::test::spawn(argv, {"NOTIFY_SOCKET=" + notify_path_}, log_path_, options_.netns);
+  std::vector<std::string> env = {"NOTIFY_SOCKET=" + notify_path_};
+  env.insert(env.end(), options_.extra_env.begin(), options_.extra_env.end());
+  Spawned child = echorelay::test::spawn(argv, env, log_path_, options_.netns);
   if (child.pid < 0)
     return ::testing::AssertionFailure() << "spawn " << ECHORELAYD_PATH << ": " << std::strerror(child.error);
   pid_ = child.pid;

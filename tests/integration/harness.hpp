@@ -102,6 +102,7 @@ class Daemon {
   struct Options {
     std::vector<std::string> extra_args;  // appended to the command line
     std::string netns;                    // run inside /var/run/netns/NAME when set
+    std::vector<std::string> extra_env;   // NAME=VALUE, beside NOTIFY_SOCKET
     std::string log_level = "debug";
     std::string log_format = "text";  // empty: the config's [log] format decides
   };

@@ -135,6 +135,26 @@ TEST(Unix, RemovesSocketFileOnSigterm) {
   EXPECT_FALSE(exists(path));
 }
 
+// Under a manager with an fd store ($FDSTORE > 0, as systemd sets it), the stored
+// socket outlives the process and a `systemctl restart` hands it back: its file must
+// stay, or the restarted service listens on a socket nobody can find.
+TEST(Unix, KeepsSocketFileOnSigtermWhenTheFdStoreKeepsTheSocket) {
+  TempDir dir;
+  std::string path = dir.file("kept.sock");
+  Daemon::Options options;
+  options.extra_env = {"FDSTORE=64"};
+  Daemon daemon(unix_config("u", path), options);
+  ASSERT_TRUE(daemon.start());
+  ASSERT_TRUE(daemon.signal(SIGTERM));
+  EXPECT_EQ(daemon.wait_exit(), 0);
+  EXPECT_TRUE(exists(path));
+  EXPECT_NE(daemon.log().find("u: the socket file stays at exit"), std::string::npos) << daemon.log();
+  // A later start clears the stale file and binds again.
+  Daemon next(unix_config("u", path));
+  ASSERT_TRUE(next.start());
+  EXPECT_NE(next.log().find("removing stale socket file " + path), std::string::npos) << next.log();
+}
+
 }  // namespace
 }  // namespace echorelay::test
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Started without NOTIFY_SOCKET (a terminal, a container runtime), echorelayd runs as
-# its own supervisor: after SIGHUP the PID that was started still runs and serves
-# through a new worker, and SIGTERM ends it with status 0. --no-supervise (and a
-# NOTIFY_SOCKET) keep the direct mode: no child process.
+# By default (a terminal, a container runtime, systemd) echorelayd runs as its own
+# supervisor: after SIGHUP the PID that was started still runs and serves through a
+# new worker, and SIGTERM ends it with status 0. --no-supervise keeps the direct
+# mode: no child process.
 set -euo pipefail
 ECHORELAYD=${1:?usage: supervise_default_test.sh PATH/echorelayd}
 WORK=$(mktemp -d /tmp/echorelay-supervise.XXXXXX)
@@ -45,6 +45,19 @@ kill -TERM "$pid"
 rc=0; wait "$pid" || rc=$?
 [ $rc = 0 ] || fail "exit status $rc after SIGTERM"
 echo "default: pid $pid kept across SIGHUP (worker $w1 -> $w2), exit 0"
+
+# Under a service manager too: the supervisor is the main PID, so the manager waits
+# for the drain of every worker it reaps.
+rm -f "$WORK/bound"
+NOTIFY_SOCKET=$WORK/no-manager.sock "$ECHORELAYD" -c "$WORK/c.toml" --bound-addresses-file "$WORK/bound" >"$WORK/log3" 2>&1 &
+pid=$!
+pids+=("$pid")
+wait_file "$WORK/bound" || fail "did not start with NOTIFY_SOCKET"
+[ -n "$(worker_of "$pid")" ] || fail "with NOTIFY_SOCKET set, no supervisor"
+kill -TERM "$pid"
+rc=0; wait "$pid" || rc=$?
+[ $rc = 0 ] || fail "with NOTIFY_SOCKET: exit status $rc"
+echo "NOTIFY_SOCKET set: supervised too"
 
 rm -f "$WORK/bound"
 env -u NOTIFY_SOCKET "$ECHORELAYD" --no-supervise -c "$WORK/c.toml" --bound-addresses-file "$WORK/bound" >"$WORK/log2" 2>&1 &

@@ -4,7 +4,8 @@
 # network namespace, installs the .deb, and checks under a client loop over TCP,
 # Unix and UDP (run from the host inside the container's network namespace, so all
 # traffic stays in the container): start is active only after READY=1; reload is a
-# hot restart without a failed request, MainPID following the successor; a broken
+# hot restart without a failed request, MainPID staying the supervisor's while the
+# worker is replaced; stop and restart after reloads wait for the drain; a broken
 # config leaves the old process serving; restart refuses no connection (fd store);
 # socket activation by FileDescriptorName=; the watchdog restarts a stopped process;
 # stop drains within drain_timeout; journal fields; systemd-analyze verify and
@@ -85,9 +86,23 @@ stop_loop() {  # stop_loop NAME: stop the loop, fail on any failed request
   wait "$client_pid" || rc=$?
   client_pid=
   say "$1: $(cat "$WORK/$1.json")"
-  [ $rc = 0 ] || fail "$1: requests failed"
+  [ $rc = 0 ] || { ct journalctl -u echorelay.service -p info -o short-monotonic --no-pager | tail -40
+    fail "$1: requests failed"; }
   read -r r f c < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["requests"], d["failed"], d["reconnects"])' "$WORK/$1.json")
   TOTAL_REQ=$((TOTAL_REQ + r)) TOTAL_FAIL=$((TOTAL_FAIL + f)) TOTAL_RECONNECT=$((TOTAL_RECONNECT + c))
+}
+# The supervisor's (MainPID's) newest child: the worker that serves now.
+worker_pid() {
+  ct cat "/proc/$(show MainPID)/task/$(show MainPID)/children" 2>/dev/null | tr ' ' '\n' | sort -n | tail -1
+}
+wait_worker_change() {  # wait_worker_change OLD: until the supervisor serves through another worker
+  local w
+  for _ in $(seq 200); do
+    w=$(worker_pid)
+    [ -n "$w" ] && [ "$w" != "$1" ] && journal_has "echorelayd\[$w\]: echorelayd .* ready" && { echo "$w"; return; }
+    sleep 0.05
+  done
+  fail "the worker stayed $1"
 }
 wait_main_pid_change() {  # wait_main_pid_change OLD [TRIES]: until MainPID is another pid, active
   local pid
@@ -139,28 +154,31 @@ open_us=$(ct journalctl -u echorelay.service -o json --no-pager |
   python3 -c 'import json,sys
 ts=[int(d["__MONOTONIC_TIMESTAMP"]) for d in map(json.loads, sys.stdin)
     if d.get("_PID") == sys.argv[1] and str(d.get("MESSAGE","")).startswith("listening on ")]
-print(max(ts) if len(ts) == 3 else 0)' "$(show MainPID)")
+print(max(ts) if len(ts) == 3 else 0)' "$(worker_pid)")
 [ "$open_us" -gt 0 ] || fail "the journal does not show the 3 listeners opening"
 [ "$open_us" -le "$active_us" ] || fail "active at $active_us us before the last listener opened at $open_us us"
 say "start: listeners open at $open_us us, active at $active_us us (monotonic); seen activating $seen_activating times"
 
 # --- reload = hot restart ---------------------------------------------------------
 start_loop reload --unix
-pid=$(show MainPID)
+main=$(show MainPID)
+pid=$(worker_pid)
 for i in 1 2 3; do
   ct systemctl reload echorelay.service
-  new=$(wait_main_pid_change "$pid")
+  new=$(wait_worker_change "$pid")
   for _ in $(seq 100); do ct sh -c "kill -0 $pid" 2>/dev/null || break; sleep 0.1; done
-  ! ct sh -c "kill -0 $pid" 2>/dev/null || fail "the old process $pid did not exit after the reload"
+  ! ct sh -c "kill -0 $pid" 2>/dev/null || fail "the old worker $pid did not exit after the reload"
   sleep 0.5
   pid=$new
 done
 stop_loop reload
-say "reload: 3 hot restarts, MainPID followed the successor"
+[ "$(show MainPID)" = "$main" ] || fail "MainPID changed from $main to $(show MainPID) across reloads"
+say "reload: 3 hot restarts, MainPID $main stayed, the worker is now $pid"
 
 # --- reload with a broken config --------------------------------------------------
 start_loop broken --unix
-pid=$(show MainPID)
+pid=$(worker_pid)
+main=$(show MainPID)
 cp "$root/etc/echorelay/echorelay.toml" "$WORK/good.toml"
 printf '\n[daemon]\nbogus = 1\n' >>"$root/etc/echorelay/echorelay.toml"
 if ct systemctl reload echorelay.service 2>/dev/null; then fail "reload with a broken config succeeded"; fi
@@ -173,11 +191,12 @@ until journal_has 'hot restart failed'; do
   sleep 0.2
 done
 sleep 0.5
-[ "$(show MainPID)" = "$pid" ] || fail "MainPID changed on a broken config"
+[ "$(show MainPID)" = "$main" ] || fail "MainPID changed on a broken config"
+[ "$(worker_pid)" = "$pid" ] || fail "the worker changed on a broken config"
 [ "$(show ActiveState)" = active ] || fail "unit not active after a broken reload"
 stop_loop broken
 cp "$WORK/good.toml" "$root/etc/echorelay/echorelay.toml"
-say "broken config: reload refused, SIGHUP's successor failed, pid $pid kept serving"
+say "broken config: reload refused, SIGHUP's successor failed, worker $pid kept serving"
 
 # --- restart: the fd store keeps the sockets --------------------------------------
 # "Refuses no connection": new connections (a connection per request) and datagrams.
@@ -187,20 +206,29 @@ LOOP_ARGS=(--tcp-churn 127.0.0.1:7007 --udp 127.0.0.1:7007)
 start_loop restart
 LOOP_ARGS=(--tcp 127.0.0.1:7007 --tcp-churn 127.0.0.1:7007 --udp 127.0.0.1:7007)
 pid=$(show MainPID)
+old_worker=$(worker_pid)
 ct systemctl restart echorelay.service
 new=$(wait_main_pid_change "$pid")
 sleep 1
 stop_loop restart
-journal_has "echorelayd\[$new\]: listening on .* as echo-tcp (inherited)" ||
-  fail "after restart the listener was not taken from the fd store"
+# The stop half waited for the old worker's drain: it ended before the new one began
+# (without the supervisor, systemd 252 killed it at once and ran both side by side).
+journal_has "echorelayd\[$old_worker\]: stopped" || fail "the old worker $old_worker did not finish its drain"
+! journal_has "Unit process .* remains running after unit stopped" || fail "systemd stopped the unit while a process ran"
+worker=$(worker_pid)
+for l in echo-tcp echo-unix echo-udp; do
+  journal_has "echorelayd\[$worker\]: listening on .* as $l (inherited)" ||
+    fail "after restart $l was not taken from the fd store"
+done
 probe_all || fail "not serving after restart"
-say "restart: no refused connection; the new process ($new) adopted the stored sockets"
+say "restart: no refused connection; the old worker drained first; the new one ($worker under $new) adopted the stored sockets"
 
 # --- watchdog ---------------------------------------------------------------------
-pid=$(show MainPID)
+pid=$(worker_pid)
+main=$(show MainPID)
 restarts=$(show NRestarts)
-ct sh -c "kill -STOP $pid"   # MainPID is a pid of the container's namespace
-new=$(wait_main_pid_change "$pid" 600)
+ct sh -c "kill -STOP $pid"   # a hung worker; pids of the container's namespace
+new=$(wait_main_pid_change "$main" 600)
 for _ in $(seq 100); do probe_all && break; sleep 0.1; done
 probe_all || { ct journalctl -u echorelay.service --no-pager | tail -25; fail "not serving after the watchdog restart"; }
 [ "$(show NRestarts)" -gt "$restarts" ] || fail "the watchdog did not restart the service"
@@ -244,7 +272,7 @@ ct systemctl start echorelay.socket
 [ "$(ct systemctl is-active echorelay.service)" != active ] || fail "service active before the first connection"
 ct echorelayd probe tcp://127.0.0.1:7007 --timeout 5s >/dev/null || fail "no echo through the socket unit"
 [ "$(show ActiveState)" = active ] || fail "the connection did not start the service"
-journal_has "echorelayd\[$(show MainPID)\]: listening on .* as echo-tcp (inherited)" ||
+journal_has "echorelayd\[$(worker_pid)\]: listening on .* as echo-tcp (inherited)" ||
   fail "the service did not adopt the socket unit's socket by its FileDescriptorName"
 say "socket activation: started by the first connection, echo-tcp adopted by name"
 
