@@ -30,7 +30,7 @@
 #include "obs/metrics.hpp"
 #include "os/resources.hpp"
 #include "os/systemd.hpp"
-#include "relay/resolver.hpp"
+#include "upstream/resolver.hpp"
 #include "relay/tcp_relay.hpp"
 #include "udp/udp_echo.hpp"
 #include "udp/udp_relay.hpp"
@@ -125,7 +125,7 @@ struct App::Impl {
   WorkerPool pool;
   std::vector<listen::OpenListener> listeners;
   std::vector<std::unique_ptr<listen::StreamAcceptor>> acceptors;
-  std::unique_ptr<relay::Resolver> resolver;  // only when some listener relays
+  std::unique_ptr<upstream::Resolver> resolver;  // only when some listener relays
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
   std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
@@ -182,7 +182,7 @@ void App::Impl::start_serving() {
   auto& workers = pool.all();
   std::size_t index = 0;
   for (const auto& spec : config.listeners) {
-    if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<relay::Resolver>(config.resolver);
+    if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<upstream::Resolver>(config.resolver);
   }
   // Every listening address is known before any serves: the UDP loop checks and the
   // relays' self-dial check read it (net/own_listeners.hpp).
@@ -204,7 +204,7 @@ void App::Impl::start_serving() {
           home.ctx, open.fds.front().get(), spec, counters,
           listen::StreamAcceptor::Limits{&metrics.connections_active_total, config.daemon.max_connections},
           [this]() -> asio::io_context& { return pool.next().ctx; },
-          [this, &spec, &counters, relay_listener](listen::StreamSocket socket, lifecycle::ConnectionSlot slot) {
+          [this, &spec, &counters, relay_listener](listen::StreamSocket socket, net::ConnectionSlot slot) {
             auto& ctx = static_cast<asio::io_context&>(socket.get_executor().context());
             Worker* target = nullptr;
             for (auto& w : pool.all()) {
@@ -213,7 +213,7 @@ void App::Impl::start_serving() {
             // The session set is the target worker's alone: join it on that thread.
             asio::post(ctx, [target, &spec, &counters, relay_listener, socket = std::move(socket),
                              slot = std::move(slot)]() mutable {
-              lifecycle::Session* session =
+              net::Session* session =
                   relay_listener ? relay::start_relay_session(std::move(socket), *relay_listener, std::move(slot),
                                                               target->sessions, target->poller)
                                  : echo::start_session(std::move(socket), spec, counters, std::move(slot),
@@ -401,7 +401,7 @@ void App::Impl::begin_drain(bool successor_serves) {
   for (auto& w : pool.all()) {
     asio::post(w->ctx, [worker = w.get()] {
       worker->draining = true;
-      lifecycle::for_each_session(worker->sessions, [](auto& s) { s.drain(); });
+      net::for_each_session(worker->sessions, [](auto& s) { s.drain(); });
     });
   }
   check_drain();
@@ -425,7 +425,7 @@ void App::Impl::check_drain() {
     spdlog::warn("drain deadline passed: closing {} connections", metrics.connections_active_total.load());
     for (auto& w : pool.all()) {
       asio::post(w->ctx,
-                 [worker = w.get()] { lifecycle::for_each_session(worker->sessions, [](auto& s) { s.close_now(); }); });
+                 [worker = w.get()] { net::for_each_session(worker->sessions, [](auto& s) { s.close_now(); }); });
     }
   }
   if (is_main && os::notify_socket_set() && Clock::now() - last_extend >= std::chrono::seconds(1)) {

@@ -9,14 +9,14 @@
 #include <thread>
 #include <vector>
 
-#include "lifecycle/session.hpp"
+#include "net/session.hpp"
 #include "net/poller.hpp"
 
 namespace echorelay::app {
 
 struct Worker {
   boost::asio::io_context ctx{1};  // concurrency hint 1: only this worker's thread runs it
-  lifecycle::SessionSet sessions;  // touched only on this worker's thread
+  net::SessionSet sessions;  // touched only on this worker's thread
   net::Poller poller{ctx};         // echo sessions, established relays; destroyed (abandoning them) before ctx
   bool draining = false;           // likewise: sessions that start from now on drain at once
   std::thread thread;

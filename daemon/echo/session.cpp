@@ -18,6 +18,7 @@
 #include "echo/framing.hpp"
 #include "net/endpoint.hpp"
 #include "net/socket_options.hpp"
+#include "net/stream_io.hpp"
 
 namespace echorelay::echo {
 
@@ -42,14 +43,9 @@ Clock::time_point after(config::Duration d, Clock::time_point from) {
   return d.count() > 0 ? from + d : Clock::time_point::max();
 }
 
-std::span<char> scratch() {
-  thread_local std::array<char, 64 * 1024> buffer;
-  return buffer;
-}
-
-class EchoSession final : public lifecycle::Session, public net::PollHandler {
+class EchoSession final : public net::Session, public net::PollHandler {
  public:
-  EchoSession(int fd, const config::Listener& spec, obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot,
+  EchoSession(int fd, const config::Listener& spec, obs::ListenerCounters& counters, net::ConnectionSlot slot,
               net::Poller& poller)
       : fd_(fd),
         poller_(poller),
@@ -170,7 +166,7 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
         reason_ = "drained";
         return start_linger(now);
       }
-      const auto buf = scratch();
+      const auto buf = net::thread_scratch();
       const ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -255,28 +251,16 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   // Sends as much of `data` as the socket takes; the rest is kept in unsent_ (which
   // `data` may already be).
   Sent send_some(std::span<const char> data) {
-    while (!data.empty()) {
-      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n > 0) {
-        counters_.add(counters_.bytes_sent, static_cast<std::uint64_t>(n));
-        bytes_out_ += static_cast<std::uint64_t>(n);
-        data = data.subspan(static_cast<std::size_t>(n));
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
-        if (data.data() >= unsent_.data() && data.data() < unsent_.data() + unsent_.size()) {
-          unsent_.erase(unsent_.begin(), unsent_.begin() + (data.data() - unsent_.data()));
-        } else {
-          unsent_.assign(data.begin(), data.end());
-        }
-        return Sent::Blocked;
-      }
-      reason_ = n < 0 && (errno == EPIPE || errno == ECONNRESET) ? "peer reset" : "send failed";
-      return Sent::Failed;
+    const auto out = net::send_keep_rest(fd_, data, unsent_);
+    counters_.add(counters_.bytes_sent, out.bytes);
+    bytes_out_ += out.bytes;
+    switch (out.result) {
+      case net::SendOutcome::Result::All: return Sent::All;
+      case net::SendOutcome::Result::Blocked: return Sent::Blocked;
+      case net::SendOutcome::Result::Failed: break;
     }
-    unsent_.clear();
-    return Sent::All;
+    reason_ = out.error == EPIPE || out.error == ECONNRESET ? "peer reset" : "send failed";
+    return Sent::Failed;
   }
 
   void answered(std::size_t frames, Clock::time_point now) {
@@ -310,8 +294,9 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   }
 
   void linger_read() {
+    const auto scratch = net::thread_scratch();
     for (;;) {
-      const ssize_t n = ::recv(fd_, scratch().data(), scratch().size(), MSG_DONTWAIT);
+      const ssize_t n = ::recv(fd_, scratch.data(), scratch.size(), MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return;
       if (n > 0) {
@@ -346,7 +331,7 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
   net::Poller& poller_;
   const config::Listener& spec_;
   obs::ListenerCounters& counters_;
-  lifecycle::ConnectionSlot slot_;
+  net::ConnectionSlot slot_;
   FrameScanner scanner_;
   std::vector<char> pending_;  // an unfinished frame
   std::vector<char> unsent_;   // answer bytes the kernel has not taken yet
@@ -368,9 +353,9 @@ class EchoSession final : public lifecycle::Session, public net::PollHandler {
 
 }  // namespace
 
-lifecycle::Session* start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
-                                  obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot,
-                                  lifecycle::SessionSet& sessions, net::Poller& poller) {
+net::Session* start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
+                                  obs::ListenerCounters& counters, net::ConnectionSlot slot,
+                                  net::SessionSet& sessions, net::Poller& poller) {
   boost::system::error_code ec;
   const int fd = socket.release(ec);
   if (ec) {

@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "config/config.hpp"
-#include "lifecycle/session.hpp"
+#include "net/session.hpp"
 #include "net/poller.hpp"
 #include "obs/metrics.hpp"
 
@@ -18,8 +18,8 @@ namespace echorelay::echo {
 // socket's fd over from Asio. The listener spec and counters must outlive every session
 // (App keeps them until workers have stopped). Null when the connection could not be
 // taken over (logged; it is closed and its slot released).
-lifecycle::Session* start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
-                   obs::ListenerCounters& counters, lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+net::Session* start_session(boost::asio::generic::stream_protocol::socket socket, const config::Listener& spec,
+                   obs::ListenerCounters& counters, net::ConnectionSlot slot, net::SessionSet& sessions,
                    net::Poller& poller);
 
 }  // namespace echorelay::echo

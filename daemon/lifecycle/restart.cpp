@@ -138,7 +138,7 @@ void Restarter::Impl::start() {
   request.fds = hooks.handover_fds();
   request.extra_env = hooks.extra_env();
   request.extra_fds = hooks.extra_fds ? hooks.extra_fds() : std::vector<os::SpawnRequest::ExtraFd>{};
-  request.extra_fds.insert(request.extra_fds.begin(), {fds[1], kReadyFdEnv});
+  request.extra_fds.insert(request.extra_fds.begin(), {fds[1], kReadyFdEnv, /*reports_exec_failure=*/true});
   started = std::chrono::steady_clock::now();
   auto pid = os::spawn_with_fds(request);
   ::close(fds[1]);

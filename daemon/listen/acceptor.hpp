@@ -10,7 +10,7 @@
 #include <memory>
 
 #include "config/config.hpp"
-#include "lifecycle/session.hpp"
+#include "net/session.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::listen {
@@ -22,7 +22,7 @@ class StreamAcceptor {
   // Chooses the io_context a new connection will live on.
   using PickContext = std::function<boost::asio::io_context&()>;
   // Called on the acceptor's thread with a socket bound to the picked context.
-  using OnAccept = std::function<void(StreamSocket, lifecycle::ConnectionSlot)>;
+  using OnAccept = std::function<void(StreamSocket, net::ConnectionSlot)>;
 
   struct Limits {
     obs::Gauge* total_active = nullptr;

@@ -16,7 +16,7 @@
 
 #include "listen/match.hpp"
 #include "net/socket_options.hpp"
-#include "udp/multicast.hpp"
+#include "net/multicast.hpp"
 
 namespace echorelay::listen {
 
@@ -165,7 +165,7 @@ Result<net::Fd> bind_one(const config::Listener& spec, const net::Endpoint& endp
     return make_error(op_error("listen", spec, net::errno_text(errno)));
   }
   if (spec.protocol == Protocol::Multicast) {
-    if (auto r = udp::join_multicast(fd.get(), spec); !r) return make_error(r.error());
+    if (auto r = net::join_multicast(fd.get(), spec); !r) return make_error(r.error());
   }
   return fd;
 }

@@ -12,7 +12,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include "lifecycle/readiness.hpp"
 #include "net/socket_options.hpp"
 
 extern char** environ;
@@ -96,10 +95,9 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
   std::vector<int> sources;
   for (const auto& f : request.fds) sources.push_back(f.fd);
   for (const auto& x : request.extra_fds) sources.push_back(x.fd);
-  // The readiness pipe, if passed, is where an execve failure is reported.
   int report_fd = -1;
   for (std::size_t i = 0; i < request.extra_fds.size(); ++i) {
-    if (request.extra_fds[i].env == lifecycle::kReadyFdEnv) report_fd = static_cast<int>(3 + request.fds.size() + i);
+    if (request.extra_fds[i].reports_exec_failure) report_fd = static_cast<int>(3 + request.fds.size() + i);
   }
   const int count = static_cast<int>(sources.size());
   // The fallback bound when close_range(2) is refused (seccomp in some containers).
@@ -152,7 +150,7 @@ Result<pid_t> spawn_with_fds(const SpawnRequest& request) {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(path.c_str(), argv.data(), envp.data());
-    // Say why on the readiness pipe (the last fd passed): "FAILED cannot run PATH:
+    // Say why on the fd marked reports_exec_failure: "FAILED cannot run PATH:
     // execve: Permission denied" reads better than "exited with status 127".
     if (report_fd >= 0) report_exec_failure(report_fd, path.c_str(), errno);
     ::_exit(127);

@@ -28,6 +28,9 @@ struct SpawnRequest {
   struct ExtraFd {
     int fd = -1;  // stays owned by the caller
     std::string env;
+    // An execve failure is written here as "FAILED cannot run PATH: execve: ..." (the
+    // readiness pipe), which reads better than "exited with status 127".
+    bool reports_exec_failure = false;
   };
   std::vector<ExtraFd> extra_fds;
 };

@@ -19,8 +19,9 @@
 #include "net/fd.hpp"
 #include "net/own_listeners.hpp"
 #include "net/socket_options.hpp"
-#include "relay/dialer.hpp"
-#include "relay/proxy_protocol.hpp"
+#include "net/stream_io.hpp"
+#include "upstream/dialer.hpp"
+#include "upstream/proxy_protocol.hpp"
 
 namespace echorelay::relay {
 
@@ -38,11 +39,6 @@ constexpr std::size_t kBulkRead = 32 * 1024;
 constexpr std::size_t kSmallChunk = 4 * 1024;
 // Reads per direction per turn (up to 1 MiB) before the other sessions get theirs.
 constexpr unsigned kChunksPerTurn = 16;
-
-std::span<char> scratch() {
-  thread_local std::array<char, 64 * 1024> buffer;
-  return buffer;
-}
 
 // Pipes for splice(2), pooled per worker thread: a direction holds one only while
 // bytes are in flight, so 10,000 idle relays do not cost 20,000 extra fds.
@@ -93,13 +89,13 @@ PipePool& pipes() {
 
 // After the dial: both fds on the worker's Poller, one state machine for the two
 // directions. A direction never reads again before what it read was written.
-class RelayPump final : public lifecycle::Session {
+class RelayPump final : public net::Session {
  public:
   struct Handover {
     int client_fd;
     net::Fd upstream;
     std::vector<char> unsent_up;  // what of the PROXY header the kernel did not take
-    UpstreamPool::Upstream* chosen;
+    upstream::UpstreamPool::Upstream* chosen;
     std::uint64_t id;
     Clock::time_point started;
     std::string peer;
@@ -108,7 +104,7 @@ class RelayPump final : public lifecycle::Session {
     bool splice;
   };
 
-  RelayPump(Handover h, RelayListener& listener, lifecycle::ConnectionSlot slot, net::Poller& poller)
+  RelayPump(Handover h, RelayListener& listener, net::ConnectionSlot slot, net::Poller& poller)
       : client_(*this, h.client_fd, false),
         upstream_(*this, h.upstream.release(), true),
         up_{&client_, &upstream_, &listener.counters.bytes_received, &listener.counters.upstream_bytes_sent},
@@ -227,7 +223,7 @@ class RelayPump final : public lifecycle::Session {
         if (static_cast<std::size_t>(n) >= kSmallChunk) d.small_chunks = 0;
         continue;  // a short splice says nothing (it stops at the pipe's buffer count)
       }
-      const auto buf = scratch();
+      const auto buf = net::thread_scratch();
       const ssize_t n = ::recv(d.from->fd, buf.data(), buf.size(), MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -290,27 +286,16 @@ class RelayPump final : public lifecycle::Session {
   // Sends `data` (the scratch, or d.unsent itself); what the kernel does not take is
   // kept in d.unsent.
   Step send_some(Direction& d, std::span<const char> data) {
-    while (!data.empty()) {
-      const ssize_t n = ::send(d.to->fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n > 0) {
-        counters_.add(*d.write_counter, static_cast<std::uint64_t>(n));
-        data = data.subspan(static_cast<std::size_t>(n));
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
-        if (data.data() >= d.unsent.data() && data.data() < d.unsent.data() + d.unsent.size()) {
-          d.unsent.erase(d.unsent.begin(), d.unsent.begin() + (data.data() - d.unsent.data()));
-        } else {
-          d.unsent.assign(data.begin(), data.end());
-        }
-        return Step::Wait;
-      }
-      return fail_io(n < 0 ? errno : EPIPE, d.to->is_upstream);
+    const auto out = net::send_keep_rest(d.to->fd, data, d.unsent);
+    counters_.add(*d.write_counter, out.bytes);
+    switch (out.result) {
+      case net::SendOutcome::Result::All:
+        activity(poller_.now());
+        return Step::Go;
+      case net::SendOutcome::Result::Blocked: return Step::Wait;
+      case net::SendOutcome::Result::Failed: break;
     }
-    d.unsent.clear();
-    activity(poller_.now());
-    return Step::Go;
+    return fail_io(out.error, d.to->is_upstream);
   }
 
   void activity(Clock::time_point now) {
@@ -353,9 +338,9 @@ class RelayPump final : public lifecycle::Session {
   Direction down_;
   RelayListener& listener_;
   obs::ListenerCounters& counters_;
-  lifecycle::ConnectionSlot slot_;
+  net::ConnectionSlot slot_;
   net::Poller& poller_;
-  UpstreamPool::Upstream* chosen_;
+  upstream::UpstreamPool::Upstream* chosen_;
   const std::uint64_t id_;
   const Clock::time_point started_;
   std::string peer_;
@@ -367,9 +352,9 @@ class RelayPump final : public lifecycle::Session {
 
 // Before the pump: choose and dial an upstream (Asio coroutines: resolver, Happy
 // Eyeballs, failover), send the PROXY header, then hand both fds to a RelayPump.
-class RelaySession final : public lifecycle::Session, public std::enable_shared_from_this<RelaySession> {
+class RelaySession final : public net::Session, public std::enable_shared_from_this<RelaySession> {
  public:
-  RelaySession(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+  RelaySession(Socket client, RelayListener& listener, net::ConnectionSlot slot, net::SessionSet& sessions,
                net::Poller& poller)
       : client_(std::move(client)),
         listener_(listener),
@@ -399,10 +384,10 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
   net::Fd upstream_;
   RelayListener& listener_;
   obs::ListenerCounters& counters_;
-  lifecycle::ConnectionSlot slot_;
-  lifecycle::SessionSet& sessions_;
+  net::ConnectionSlot slot_;
+  net::SessionSet& sessions_;
   net::Poller& poller_;
-  UpstreamPool::Upstream* chosen_ = nullptr;
+  upstream::UpstreamPool::Upstream* chosen_ = nullptr;
   const std::uint64_t id_;
   const Clock::time_point started_;
   std::string upstream_name_ = "-";
@@ -416,7 +401,7 @@ class RelaySession final : public lifecycle::Session, public std::enable_shared_
 asio::awaitable<bool> RelaySession::connect_upstream() {
   const auto& spec = listener_.spec;
   const auto deadline = Clock::now() + spec.connect_timeout;
-  DialOptions options{spec.connect_timeout, spec.upstream_keepalive, spec.source_address, spec.fallback_delay};
+  upstream::DialOptions options{spec.connect_timeout, spec.upstream_keepalive, spec.source_address, spec.fallback_delay};
   // Each upstream in the balancer's order, until one connects or the connect_timeout
   // (which covers the whole failover) runs out.
   const auto plan = listener_.pool.plan();
@@ -432,7 +417,7 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
     constexpr auto kMinimumTry = std::chrono::seconds(2);
     if (share < kMinimumTry) share = std::min<Clock::duration>(remaining, kMinimumTry);
     const auto attempt_deadline = now + share;
-    Addresses addresses;
+    upstream::Addresses addresses;
     const auto& endpoint = upstream->endpoint;
     if (endpoint.is_unix() || endpoint.is_ip_literal()) {
       auto addr = net::to_sockaddr(endpoint);
@@ -459,7 +444,7 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
       continue;
     }
     const auto dial_started = Clock::now();
-    DialResult dialed = co_await dial(addresses, options, attempt_deadline);
+    upstream::DialResult dialed = co_await upstream::dial(addresses, options, attempt_deadline);
     if (!dialed.fd) {
       counters_.upstream_error(dialed.error.kind);
       listener_.pool.failed(*upstream);
@@ -512,8 +497,8 @@ asio::awaitable<void> RelaySession::run() {
     ::getpeername(client_.native_handle(), peer.get(), &peer.len);
     ::getsockname(client_.native_handle(), local.get(), &local.len);
     const std::string header = spec.proxy_protocol == config::ProxyProtocol::V1
-                                   ? proxy_v1_header(peer.get(), peer.len, local.get(), local.len)
-                                   : proxy_v2_header(peer.get(), peer.len, local.get(), local.len, false);
+                                   ? upstream::proxy_v1_header(peer.get(), peer.len, local.get(), local.len)
+                                   : upstream::proxy_v2_header(peer.get(), peer.len, local.get(), local.len, false);
     // A fresh connection's send buffer takes a header of at most a few hundred bytes;
     // should it not, the pump sends the rest before any client byte.
     ssize_t n;
@@ -551,8 +536,8 @@ asio::awaitable<void> RelaySession::run() {
 
 }  // namespace
 
-lifecycle::Session* start_relay_session(Socket client, RelayListener& listener, lifecycle::ConnectionSlot slot,
-                                        lifecycle::SessionSet& sessions, net::Poller& poller) {
+net::Session* start_relay_session(Socket client, RelayListener& listener, net::ConnectionSlot slot,
+                                        net::SessionSet& sessions, net::Poller& poller) {
   auto executor = client.get_executor();
   auto session = std::make_shared<RelaySession>(std::move(client), listener, std::move(slot), sessions, poller);
   sessions.push_back(*session);

@@ -9,29 +9,29 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 
 #include "config/config.hpp"
-#include "lifecycle/session.hpp"
+#include "net/session.hpp"
 #include "net/poller.hpp"
 #include "obs/metrics.hpp"
-#include "relay/resolver.hpp"
-#include "relay/upstream_pool.hpp"
+#include "upstream/resolver.hpp"
+#include "upstream/upstream_pool.hpp"
 
 namespace echorelay::relay {
 
 // What every session of one relay listener shares; owned by App, outlives sessions.
 struct RelayListener {
-  RelayListener(const config::Listener& s, obs::ListenerCounters& c, Resolver& r)
+  RelayListener(const config::Listener& s, obs::ListenerCounters& c, upstream::Resolver& r)
       : spec(s), counters(c), resolver(r), pool(s.upstreams, s.balance) {}
   const config::Listener& spec;
   obs::ListenerCounters& counters;
-  Resolver& resolver;
-  UpstreamPool pool;
+  upstream::Resolver& resolver;
+  upstream::UpstreamPool pool;
 };
 
 // Call on the worker thread that owns `sessions` and `poller`; `client` lives on that
 // worker. Dialing runs on the worker's io_context; once connected, the session moves
 // both fds to `poller` (see net/poller.hpp).
-lifecycle::Session* start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
-                                        lifecycle::ConnectionSlot slot, lifecycle::SessionSet& sessions,
+net::Session* start_relay_session(boost::asio::generic::stream_protocol::socket client, RelayListener& listener,
+                                        net::ConnectionSlot slot, net::SessionSet& sessions,
                                         net::Poller& poller);
 
 }  // namespace echorelay::relay

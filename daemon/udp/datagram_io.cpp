@@ -3,6 +3,7 @@
 #include "udp/datagram_io.hpp"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -12,7 +13,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <new>
 #include <system_error>
+#include <utility>
+
+#include "net/socket_options.hpp"
 
 namespace echorelay::udp {
 namespace {
@@ -25,10 +30,32 @@ constexpr auto kWarnInterval = std::chrono::seconds(10);
 
 }  // namespace
 
-std::string errno_text(int err) { return std::system_category().message(err); }
+SlotBuffers::SlotBuffers(std::uint32_t count, std::size_t size)
+    : bytes_(static_cast<std::size_t>(count) * size), size_(size) {
+  void* mem = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) throw std::bad_alloc();
+  base_ = static_cast<std::byte*>(mem);
+}
+
+SlotBuffers::~SlotBuffers() {
+  if (base_ != nullptr) ::munmap(base_, bytes_);
+}
+
+SlotBuffers::SlotBuffers(SlotBuffers&& other) noexcept
+    : base_(std::exchange(other.base_, nullptr)), bytes_(other.bytes_), size_(other.size_) {}
+
+SlotBuffers& SlotBuffers::operator=(SlotBuffers&& other) noexcept {
+  if (this != &other) {
+    if (base_ != nullptr) ::munmap(base_, bytes_);
+    base_ = std::exchange(other.base_, nullptr);
+    bytes_ = other.bytes_;
+    size_ = other.size_;
+  }
+  return *this;
+}
 
 void fatal(const std::string& listener, const char* call, int err) {
-  spdlog::critical("udp {}: {} on our own socket: {}", listener, call, errno_text(err));
+  spdlog::critical("udp {}: {} on our own socket: {}", listener, call, net::errno_text(err));
   std::abort();
 }
 
@@ -47,7 +74,7 @@ bool WarnGate::allow(std::uint64_t& suppressed) {
 void WarnGate::warn(const std::string& listener, const char* call, int err) {
   std::uint64_t suppressed = 0;
   if (allow(suppressed)) {
-    spdlog::warn("udp {}: {}: {} ({} similar warning(s) suppressed)", listener, call, errno_text(err), suppressed);
+    spdlog::warn("udp {}: {}: {} ({} similar warning(s) suppressed)", listener, call, net::errno_text(err), suppressed);
   }
 }
 
@@ -144,7 +171,7 @@ void enable_pktinfo(int fd, const std::string& listener) {
     rc = ::setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
   }
   if (rc != 0) {
-    spdlog::warn("udp {}: setsockopt PKTINFO: {}; replies use the routed source", listener, errno_text(errno));
+    spdlog::warn("udp {}: setsockopt PKTINFO: {}; replies use the routed source", listener, net::errno_text(errno));
   }
 }
 

@@ -34,7 +34,6 @@ inline constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(in6_pktinfo)) + CM
 // How long a sender waits for room in a full socket send buffer before dropping.
 inline constexpr int kSendWaitMs = 10;
 
-std::string errno_text(int err);
 // For errors on our own fd, which no peer can cause: log and abort.
 [[noreturn]] void fatal(const std::string& listener, const char* call, int err);
 inline bool is_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
@@ -42,6 +41,27 @@ inline bool is_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 inline bool is_impossible(int err) { return err == EBADF || err == ENOTSOCK || err == EFAULT || err == EINVAL; }
 
 // At most one warning per interval for events an attacker can repeat. Thread-safe.
+// The payload room of a datagram queue: `count` slots of `size` bytes in one anonymous
+// mapping. MAP_NORESERVE: a large queue costs address space only; pages are committed
+// as datagrams first touch them, and a LIFO free list keeps reusing the warm ones.
+class SlotBuffers {
+ public:
+  SlotBuffers() = default;
+  SlotBuffers(std::uint32_t count, std::size_t size);  // std::bad_alloc when mmap fails
+  ~SlotBuffers();
+  SlotBuffers(SlotBuffers&& other) noexcept;
+  SlotBuffers& operator=(SlotBuffers&& other) noexcept;
+  SlotBuffers(const SlotBuffers&) = delete;
+  SlotBuffers& operator=(const SlotBuffers&) = delete;
+
+  std::byte* slot(std::uint32_t index) const { return base_ + static_cast<std::size_t>(index) * size_; }
+
+ private:
+  std::byte* base_ = nullptr;
+  std::size_t bytes_ = 0;
+  std::size_t size_ = 0;
+};
+
 class WarnGate {
  public:
   // True when a warning may be logged now; `suppressed` is how many were held back.

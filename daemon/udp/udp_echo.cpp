@@ -7,7 +7,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,32 +79,19 @@ struct EchoServer::Impl {
     for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
     deny_our_ports_ = listener.deny_own_ports;
     policy_.set_rate(listener.rate_limit);
-    // MAP_NORESERVE: a large queue costs address space only; pages are committed as
-    // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
-    buffer_bytes_ = static_cast<std::size_t>(capacity_) * max_datagram_;
-    void* mem = ::mmap(nullptr, buffer_bytes_, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED) throw std::bad_alloc();
-    buffers_ = static_cast<std::byte*>(mem);
+    buffers_ = SlotBuffers(capacity_, max_datagram_);
     slots_.resize(capacity_);
     free_.reserve(capacity_);
     ready_.resize(capacity_);
     for (std::uint32_t i = 0; i < capacity_; ++i) {
-      slots_[i].data = buffers_ + static_cast<std::size_t>(i) * max_datagram_;
+      slots_[i].data = buffers_.slot(i);
       free_.push_back(capacity_ - 1 - i);
     }
     wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (!wake_) {
-      const int err = errno;
-      ::munmap(buffers_, buffer_bytes_);
-      throw std::system_error(err, std::system_category(), "eventfd");
-    }
+    if (!wake_) throw std::system_error(errno, std::system_category(), "eventfd");
   }
 
-  ~Impl() {
-    stop();
-    ::munmap(buffers_, buffer_bytes_);
-  }
+  ~Impl() { stop(); }
 
   void start() {
     spdlog::default_logger_raw();  // see Resolver::Impl: the registry exists before our threads
@@ -351,8 +337,7 @@ struct EchoServer::Impl {
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;
 
-  std::byte* buffers_ = nullptr;
-  std::size_t buffer_bytes_ = 0;
+  SlotBuffers buffers_;
   std::vector<Slot> slots_;
 
   // The queue: every slot is in exactly one of free_, ready_ (a FIFO ring), or held

@@ -1,7 +1,7 @@
 // UDP (and multicast) echo: reader threads copy datagrams into a bounded queue that a
 // pool of worker threads answers by unicast to the sender. Owns its sockets' serving,
 // not their binding (listen/ binds or adopts them; multicast membership is set there
-// through udp/multicast.hpp).
+// through net/multicast.hpp).
 #pragma once
 
 #include <memory>

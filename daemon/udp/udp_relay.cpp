@@ -9,7 +9,6 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,9 +37,10 @@
 
 #include "net/fd.hpp"
 #include "net/own_listeners.hpp"
-#include "relay/proxy_protocol.hpp"
-#include "udp/multicast.hpp"
+#include "upstream/proxy_protocol.hpp"
+#include "net/multicast.hpp"
 #include "udp/datagram_io.hpp"
+#include "net/socket_options.hpp"
 
 namespace echorelay::udp {
 
@@ -53,14 +53,14 @@ static std::uint64_t default_max_sessions() {
 }
 namespace {
 
-using Upstream = relay::UpstreamPool::Upstream;
+using Upstream = upstream::UpstreamPool::Upstream;
 using namespace std::chrono_literals;
 
 // Datagrams held per session while its upstream's name is being resolved.
 constexpr std::size_t kMaxHeld = 8;
 // A named upstream is asked for again after this; the Resolver caches by TTL, so
 // this only bounds how stale our copy of its answer gets.
-constexpr auto kRefresh = relay::kSystemResolverCacheTtl;
+constexpr auto kRefresh = upstream::kSystemResolverCacheTtl;
 // After a failed resolution, sessions fail fast for this long instead of re-asking.
 constexpr auto kResolveRetry = 1s;
 // Reply batches read per readiness event before other sessions get a turn.
@@ -137,7 +137,7 @@ class AddressBook {
  public:
   enum class Lookup { Ready, Pending, Failed };
 
-  AddressBook(const std::vector<net::Endpoint>& upstreams, relay::Resolver& resolver, std::string listener)
+  AddressBook(const std::vector<net::Endpoint>& upstreams, upstream::Resolver& resolver, std::string listener)
       : state_(std::make_shared<State>(resolver, std::move(listener))) {
     for (const auto& ep : upstreams) {
       auto e = std::make_unique<Entry>();
@@ -201,7 +201,7 @@ class AddressBook {
     const auto executor =
         boost::asio::require(boost::asio::system_executor(), boost::asio::execution::blocking.never);
     state_->resolver.resolve(e->endpoint.host, e->endpoint.port, executor,
-                             [state = state_, e](Result<relay::Addresses> answer) {
+                             [state = state_, e](Result<upstream::Addresses> answer) {
                                answered(*state, *e, std::move(answer));
                              });
     return result;
@@ -220,8 +220,8 @@ class AddressBook {
   };
 
   struct State {
-    State(relay::Resolver& r, std::string l) : resolver(r), listener(std::move(l)) {}
-    relay::Resolver& resolver;
+    State(upstream::Resolver& r, std::string l) : resolver(r), listener(std::move(l)) {}
+    upstream::Resolver& resolver;
     const std::string listener;
     std::vector<std::unique_ptr<Entry>> entries;  // fixed after construction
     std::atomic<bool> stopped{false};
@@ -236,7 +236,7 @@ class AddressBook {
     return nullptr;
   }
 
-  static void answered(State& state, Entry& e, Result<relay::Addresses> answer) {
+  static void answered(State& state, Entry& e, Result<upstream::Addresses> answer) {
     {
       std::lock_guard lock(e.mutex);
       e.in_flight = false;
@@ -317,9 +317,7 @@ struct RelayServer::Impl {
     Worker() = default;
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
-    ~Worker() {
-      if (buffers != nullptr) ::munmap(buffers, buffer_bytes);
-    }
+    ~Worker() = default;
 
     std::size_t index = 0;
     // The inbox: slots are in free, in ready (a FIFO ring) or held by the worker
@@ -331,8 +329,7 @@ struct RelayServer::Impl {
     std::size_t head = 0;
     std::size_t count = 0;
     std::vector<Item> items;
-    std::byte* buffers = nullptr;
-    std::size_t buffer_bytes = 0;
+    SlotBuffers buffers;
 
     net::Fd wake;   // eventfd in the epoll set: inbox became non-empty, or a request below
     net::Fd epoll;  // the wake eventfd (data.ptr = nullptr) and every open upstream socket
@@ -376,7 +373,7 @@ struct RelayServer::Impl {
   };
 
   Impl(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-       relay::Resolver& resolver)
+       upstream::Resolver& resolver)
       : name_(listener.name),
         max_datagram_(std::max<std::uint32_t>(listener.max_datagram, 1)),
         fanout_(listener.protocol == config::Protocol::Multicast),
@@ -409,13 +406,7 @@ struct RelayServer::Impl {
       w->index = i;
       w->table = decltype(w->table)(16, ClientKeyHash{seed_});
       const std::uint32_t capacity = std::max<std::uint32_t>(total / worker_count_, 1);
-      // MAP_NORESERVE: a large queue costs address space only; pages are committed as
-      // datagrams first touch them, and the LIFO free list keeps reusing the warm ones.
-      w->buffer_bytes = static_cast<std::size_t>(capacity) * max_datagram_;
-      void* mem = ::mmap(nullptr, w->buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                         -1, 0);
-      if (mem == MAP_FAILED) throw std::bad_alloc();
-      w->buffers = static_cast<std::byte*>(mem);
+      w->buffers = SlotBuffers(capacity, max_datagram_);
       w->items.resize(capacity);
       w->ready.resize(capacity);
       w->free.reserve(capacity);
@@ -666,7 +657,7 @@ struct RelayServer::Impl {
           item.addr_len = h.msg_namelen;
           item.control_len = (h.msg_flags & MSG_CTRUNC) != 0 ? 0 : static_cast<socklen_t>(h.msg_controllen);
           std::memcpy(item.control, r.control[i].data(), item.control_len);
-          std::memcpy(w.buffers + static_cast<std::size_t>(slot) * max_datagram_, r.iov[i].iov_base, item.len);
+          std::memcpy(w.buffers.slot(slot), r.iov[i].iov_base, item.len);
           w.ready[(w.head + w.count++) % w.ready.size()] = slot;
           any = true;
         }
@@ -741,7 +732,7 @@ struct RelayServer::Impl {
       }
       // An upstream may itself be a group: the listener's ttl, loopback and interface
       // are how it is sent there.
-      if (auto r = set_multicast_sending(fd.get(), family, listener); !r) {
+      if (auto r = net::set_multicast_sending(fd.get(), family, listener); !r) {
         throw std::system_error(EINVAL, std::system_category(), r.error());
       }
       (family == AF_INET ? fan4_ : fan6_) = std::move(fd);
@@ -759,7 +750,7 @@ struct RelayServer::Impl {
       dst = local;
       dst_len = local_len;
     }
-    return relay::proxy_v2_header(reinterpret_cast<const sockaddr*>(&client), client_len,
+    return upstream::proxy_v2_header(reinterpret_cast<const sockaddr*>(&client), client_len,
                                   reinterpret_cast<const sockaddr*>(&dst), dst_len, true);
   }
 
@@ -845,7 +836,7 @@ struct RelayServer::Impl {
       if (taken == 0) return false;
       for (unsigned i = 0; i < taken; ++i) {
         const std::uint32_t slot = w.batch[i];
-        on_client_datagram(w, w.items[slot], w.buffers + static_cast<std::size_t>(slot) * max_datagram_);
+        on_client_datagram(w, w.items[slot], w.buffers.slot(slot));
       }
       std::lock_guard lock(w.mutex);
       for (unsigned i = 0; i < taken; ++i) w.free.push_back(w.batch[i]);
@@ -977,7 +968,7 @@ struct RelayServer::Impl {
   void upstream_failed(Session& s, int err) {
     counters_.upstream_error(classify(err));
     Upstream* u = s.upstream_ref;
-    spdlog::debug("[c{} {}] upstream {}: {}", s.id, name_, s.upstream_name, errno_text(err));
+    spdlog::debug("[c{} {}] upstream {}: {}", s.id, name_, s.upstream_name, net::errno_text(err));
     pool_.failed(*u);
     close_upstream(s);
     s.avoid = u;
@@ -1101,7 +1092,7 @@ struct RelayServer::Impl {
       const int err = errno;
       counters_.upstream_error(classify(err));
       pool_.failed(u);
-      spdlog::debug("[c{} {}] connect udp {}: {}", s.id, name_, u.endpoint.to_string(), errno_text(err));
+      spdlog::debug("[c{} {}] connect udp {}: {}", s.id, name_, u.endpoint.to_string(), net::errno_text(err));
       return false;
     }
     epoll_event ev{};
@@ -1242,7 +1233,7 @@ struct RelayServer::Impl {
   const unsigned worker_count_;
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;
-  relay::UpstreamPool pool_;
+  upstream::UpstreamPool pool_;
   AddressBook book_;
   const std::uint64_t seed_;
   SourcePolicy policy_;
@@ -1267,7 +1258,7 @@ struct RelayServer::Impl {
 };
 
 RelayServer::RelayServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-                         relay::Resolver& resolver)
+                         upstream::Resolver& resolver)
     : impl_(std::make_unique<Impl>(listener, std::move(sockets), counters, resolver)) {}
 
 RelayServer::~RelayServer() = default;

@@ -11,8 +11,8 @@
 
 #include "config/config.hpp"
 #include "obs/metrics.hpp"
-#include "relay/resolver.hpp"
-#include "relay/upstream_pool.hpp"
+#include "upstream/resolver.hpp"
+#include "upstream/upstream_pool.hpp"
 
 namespace echorelay::udp {
 
@@ -21,7 +21,7 @@ class RelayServer {
   // `sockets`: bound, non-blocking datagram sockets of this listener; the caller keeps
   // ownership (they may be handed to a successor). `resolver` outlives the server.
   RelayServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-              relay::Resolver& resolver);
+              upstream::Resolver& resolver);
   ~RelayServer();  // stop() if still running
   RelayServer(const RelayServer&) = delete;
   RelayServer& operator=(const RelayServer&) = delete;

@@ -1,4 +1,4 @@
-// PROXY protocol v1/v2 (daemon/relay/proxy_protocol.*): encode two sockaddrs, decode
+// PROXY protocol v1/v2 (daemon/upstream/proxy_protocol.*): encode two sockaddrs, decode
 // the header with the minimal decoder below (written from HAProxy's proxy-protocol.txt,
 // not from the encoder), and compare with what the addresses say: IPv4, IPv6 (and
 // v4-mapped IPv6 against IPv4: one family per header), Unix paths and abstract names
@@ -18,7 +18,7 @@
 #include <string>
 
 #include "fuzz_input.hpp"
-#include "relay/proxy_protocol.hpp"
+#include "upstream/proxy_protocol.hpp"
 
 namespace {
 
@@ -136,7 +136,7 @@ std::uint16_t be16(const std::string& s, std::size_t at) {
 
 // v1: "PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n" or "PROXY UNKNOWN\r\n", at most 107 bytes.
 void check_v1(const Side& src, const Side& dst) {
-  const std::string h = echorelay::relay::proxy_v1_header(src.get(), src.len, dst.get(), dst.len);
+  const std::string h = echorelay::upstream::proxy_v1_header(src.get(), src.len, dst.get(), dst.len);
   FUZZ_CHECK(h.size() <= 107);
   FUZZ_CHECK(h.size() >= 8 && h.compare(h.size() - 2, 2, "\r\n") == 0);
   FUZZ_CHECK(h.find('\r') == h.size() - 2 && h.find('\n') == h.size() - 1);
@@ -176,7 +176,7 @@ void check_v1(const Side& src, const Side& dst) {
 }
 
 void check_v2(const Side& src, const Side& dst, bool datagram) {
-  const std::string h = echorelay::relay::proxy_v2_header(src.get(), src.len, dst.get(), dst.len, datagram);
+  const std::string h = echorelay::upstream::proxy_v2_header(src.get(), src.len, dst.get(), dst.len, datagram);
   static const std::string kSig("\r\n\r\n\0\r\nQUIT\n", 12);
   FUZZ_CHECK(h.size() >= 16 && h.compare(0, 12, kSig) == 0);
   FUZZ_CHECK(static_cast<unsigned char>(h[12]) == 0x21);  // version 2, PROXY

@@ -11,9 +11,9 @@
 #include <cstring>
 #include <string>
 
-#include "relay/proxy_protocol.hpp"
+#include "upstream/proxy_protocol.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 namespace {
 
 const std::string kSig("\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A", 12);
@@ -192,4 +192,4 @@ TEST(ProxyV2, MixedFamiliesAreUnspecWithoutAddresses) {
 }
 
 }  // namespace
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

@@ -4,10 +4,10 @@
 
 #include <map>
 
-#include "relay/dialer.hpp"
-#include "relay/upstream_pool.hpp"
+#include "upstream/dialer.hpp"
+#include "upstream/upstream_pool.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 namespace {
 
 net::SockAddr addr(const std::string& text) {
@@ -97,4 +97,4 @@ TEST(UpstreamPool, FailuresBelowTheThresholdDoNotEject) {
 }
 
 }  // namespace
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

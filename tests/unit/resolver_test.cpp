@@ -35,11 +35,11 @@
 #include "config/config.hpp"
 #include "net/endpoint.hpp"
 #include "net/fd.hpp"
-#include "relay/resolver.hpp"
+#include "upstream/resolver.hpp"
 
 extern char** environ;
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 namespace {
 
 using namespace std::chrono_literals;
@@ -642,4 +642,4 @@ TEST_F(ResolverTest, SystemResolverAnswersLocalhost) {
 }
 
 }  // namespace
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

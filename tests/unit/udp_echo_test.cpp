@@ -28,7 +28,7 @@
 #include "config/config.hpp"
 #include "net/fd.hpp"
 #include "obs/metrics.hpp"
-#include "udp/multicast.hpp"
+#include "net/multicast.hpp"
 #include "udp/udp_echo.hpp"
 #include "udp_support.hpp"
 
@@ -418,7 +418,7 @@ TEST(UdpMulticast, GroupJoinedOnLoopbackIsEchoedByUnicast) {
   Fd server = bound_socket(group);
   const std::uint16_t port = local_address(server.get()).port();
   const auto listener = multicast_listener(group, port, "lo");
-  const auto joined = join_multicast(server.get(), listener);
+  const auto joined = net::join_multicast(server.get(), listener);
   ASSERT_TRUE(joined) << joined.error();
   EXPECT_EQ(int_option(server.get(), IPPROTO_IP, IP_MULTICAST_TTL), 1);
   EXPECT_EQ(int_option(server.get(), IPPROTO_IP, IP_MULTICAST_LOOP), 1);
@@ -445,7 +445,7 @@ TEST(UdpMulticast, UnknownInterfaceIsNamedInTheError) {
   Fd fd = bound_socket("239.255.42.8");
   const std::string name = "er-nosuch9";
   ASSERT_EQ(if_nametoindex(name.c_str()), 0U);
-  const auto r = join_multicast(fd.get(), multicast_listener("239.255.42.8", 0, name));
+  const auto r = net::join_multicast(fd.get(), multicast_listener("239.255.42.8", 0, name));
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error(), "multicast interface \"er-nosuch9\": no such interface");
 }
@@ -453,12 +453,12 @@ TEST(UdpMulticast, UnknownInterfaceIsNamedInTheError) {
 TEST(UdpMulticast, FailedJoinNamesGroupInterfaceAndErrno) {
   Fd fd = bound_socket("239.255.42.9");
   const auto listener = multicast_listener("239.255.42.9", 0, "lo");
-  ASSERT_TRUE(join_multicast(fd.get(), listener));
-  const auto again = join_multicast(fd.get(), listener);
+  ASSERT_TRUE(net::join_multicast(fd.get(), listener));
+  const auto again = net::join_multicast(fd.get(), listener);
   ASSERT_FALSE(again);
   EXPECT_EQ(again.error(), "join multicast 239.255.42.9 on lo: " + std::system_category().message(EADDRINUSE));
 
-  const auto unicast = join_multicast(fd.get(), multicast_listener("10.1.2.3", 0, "lo"));
+  const auto unicast = net::join_multicast(fd.get(), multicast_listener("10.1.2.3", 0, "lo"));
   ASSERT_FALSE(unicast);
   EXPECT_EQ(unicast.error(), "multicast group 10.1.2.3: not a multicast address");
 }
@@ -492,7 +492,7 @@ TEST(UdpMulticast, JoinsEveryMulticastInterfaceWhenNoneIsNamed) {
     {
       Fd server = bound_socket("239.255.42.10");
       const std::uint16_t port = local_address(server.get()).port();
-      const auto r = join_multicast(server.get(), multicast_listener("239.255.42.10", port, ""));
+      const auto r = net::join_multicast(server.get(), multicast_listener("239.255.42.10", port, ""));
       error4 = r ? "" : r.error();
       Fd sender = loopback_multicast_sender();
       send_to(sender.get(), "to every interface v4", make_address("239.255.42.10", port));
@@ -508,7 +508,7 @@ TEST(UdpMulticast, JoinsEveryMulticastInterfaceWhenNoneIsNamed) {
       }
       Fd server = bound_socket("ff15::4210");
       const std::uint16_t port = local_address(server.get()).port();
-      const auto r = join_multicast(server.get(), multicast_listener("ff15::4210", port, ""));
+      const auto r = net::join_multicast(server.get(), multicast_listener("ff15::4210", port, ""));
       error6 = r ? "" : r.error();
       Fd sender = bound_socket("2001:2::1");
       const int out = static_cast<int>(if_nametoindex("er-v0"));

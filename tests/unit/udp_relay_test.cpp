@@ -23,8 +23,8 @@
 #include "net/endpoint.hpp"
 #include "net/fd.hpp"
 #include "obs/metrics.hpp"
-#include "relay/resolver.hpp"
-#include "udp/multicast.hpp"
+#include "upstream/resolver.hpp"
+#include "net/multicast.hpp"
 #include "udp/udp_relay.hpp"
 #include "udp_support.hpp"
 
@@ -58,8 +58,8 @@ std::uint64_t upstream_errors(const obs::ListenerCounters& c, obs::UpstreamError
 }
 
 // The Resolver every test passes; only the named-upstream test makes it work.
-relay::Resolver& resolver() {
-  static relay::Resolver r{config::Resolver{}};
+upstream::Resolver& resolver() {
+  static upstream::Resolver r{config::Resolver{}};
   return r;
 }
 
@@ -439,7 +439,7 @@ TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
   listener.address = group + ":" + std::to_string(port);
   listener.interface = "lo";
   listener.ttl = 0;
-  const auto joined = join_multicast(server.get(), listener);
+  const auto joined = net::join_multicast(server.get(), listener);
   ASSERT_TRUE(joined) << joined.error();
 
   obs::ListenerCounters counters("mcast-relay-test");

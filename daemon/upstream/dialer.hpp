@@ -13,9 +13,9 @@
 #include "config/config.hpp"
 #include "net/fd.hpp"
 #include "obs/metrics.hpp"
-#include "relay/resolver.hpp"
+#include "upstream/resolver.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 struct DialOptions {
   config::Duration connect_timeout = std::chrono::seconds(3);
@@ -43,4 +43,4 @@ Addresses interleave_families(const Addresses& addresses);
 boost::asio::awaitable<DialResult> dial(const Addresses& addresses, const DialOptions& options,
                                         std::chrono::steady_clock::time_point deadline);
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

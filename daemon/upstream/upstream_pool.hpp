@@ -14,7 +14,7 @@
 #include "config/config.hpp"
 #include "net/endpoint.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 inline constexpr unsigned kFailuresToEject = 3;
 inline constexpr auto kEjectBase = std::chrono::seconds(1);
@@ -48,4 +48,4 @@ class UpstreamPool {
   std::atomic<std::uint64_t> next_{0};
 };
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

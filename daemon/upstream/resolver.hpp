@@ -17,7 +17,7 @@
 #include "net/endpoint.hpp"
 #include "util/result.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 // How long a system-resolver answer is reused (getaddrinfo gives no TTL).
 inline constexpr auto kSystemResolverCacheTtl = std::chrono::seconds(5);
@@ -46,4 +46,4 @@ class Resolver {
   std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

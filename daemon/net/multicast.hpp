@@ -5,7 +5,7 @@
 #include "config/config.hpp"
 #include "util/result.hpp"
 
-namespace echorelay::udp {
+namespace echorelay::net {
 
 // Joins listener.endpoint's group (IPv4 or IPv6) on listener.interface, or on every
 // up, multicast-capable interface when unset; sets TTL/hops, loopback and, when an
@@ -18,4 +18,4 @@ Result<void> join_multicast(int fd, const config::Listener& listener);
 // groups themselves.
 Result<void> set_multicast_sending(int fd, int family, const config::Listener& listener);
 
-}  // namespace echorelay::udp
+}  // namespace echorelay::net

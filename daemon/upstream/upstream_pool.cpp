@@ -1,10 +1,10 @@
 // UpstreamPool; see upstream_pool.hpp.
-#include "relay/upstream_pool.hpp"
+#include "upstream/upstream_pool.hpp"
 
 #include <algorithm>
 #include <random>
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 namespace {
 
@@ -93,4 +93,4 @@ void UpstreamPool::failed(Upstream& u) {
 
 void UpstreamPool::released(Upstream& u) { u.active.fetch_sub(1, std::memory_order_relaxed); }
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

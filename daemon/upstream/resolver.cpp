@@ -3,7 +3,7 @@
 // Callers on any thread hand requests over through a mutex-guarded queue plus an
 // eventfd; IP literals and cache hits are answered on the caller's thread without a
 // hop. Every answer is posted to the caller's executor, never run on this thread.
-#include "relay/resolver.hpp"
+#include "upstream/resolver.hpp"
 
 #include <ares.h>
 #include <arpa/inet.h>
@@ -33,7 +33,7 @@
 
 #include "net/fd.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -575,4 +575,4 @@ boost::asio::awaitable<Result<Addresses>> Resolver::async_resolve(const std::str
   return resolve_coroutine(impl_, host, port);
 }
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

@@ -8,7 +8,7 @@
 
 #include "obs/metrics.hpp"
 
-namespace echorelay::lifecycle {
+namespace echorelay::net {
 
 using SessionHook = boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;
 
@@ -50,4 +50,4 @@ void for_each_session(SessionSet& set, Fn fn) {
   }
 }
 
-}  // namespace echorelay::lifecycle
+}  // namespace echorelay::net

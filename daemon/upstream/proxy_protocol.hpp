@@ -7,7 +7,7 @@
 
 #include <string>
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 // "PROXY TCP4 src dst sport dport\r\n", "PROXY TCP6 ...", or "PROXY UNKNOWN\r\n" when
 // either side is not IP (Unix clients).
@@ -20,4 +20,4 @@ std::string proxy_v1_header(const sockaddr* source, socklen_t source_len, const 
 std::string proxy_v2_header(const sockaddr* source, socklen_t source_len, const sockaddr* destination,
                             socklen_t destination_len, bool datagram);
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

@@ -2,7 +2,7 @@
 // pure byte building from two sockaddrs, no I/O. Owns the family reconciliation
 // (v4-mapped IPv6 vs IPv4) so that the source and destination in one header always
 // share a family, as the format requires. Sending the header is the relay's job.
-#include "relay/proxy_protocol.hpp"
+#include "upstream/proxy_protocol.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -15,7 +15,7 @@
 #include <cstring>
 #include <optional>
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 namespace {
 
 constexpr std::array<std::uint8_t, 12> kV2Signature = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
@@ -203,4 +203,4 @@ std::string proxy_v2_header(const sockaddr* source, socklen_t source_len, const 
   return out;
 }
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream

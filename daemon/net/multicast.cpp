@@ -1,7 +1,7 @@
 // Multicast membership and sending options for a freshly bound socket: join the
 // listener's group on the named interface (or on every up, multicast-capable one),
 // then TTL/hops, loopback and the outgoing interface. Binding is listen/'s job.
-#include "udp/multicast.hpp"
+#include "net/multicast.hpp"
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
@@ -16,15 +16,15 @@
 #include <utility>
 #include <vector>
 
-namespace echorelay::udp {
+#include "net/socket_options.hpp"
+
+namespace echorelay::net {
 namespace {
 
 struct Interface {
   unsigned index;
   std::string name;
 };
-
-std::string errno_text(int err) { return std::system_category().message(err); }
 
 // Every interface that is up and multicast-capable, once each (getifaddrs lists an
 // interface once per address family and address).
@@ -155,4 +155,4 @@ Result<void> set_multicast_sending(int fd, int family, const config::Listener& l
   return {};
 }
 
-}  // namespace echorelay::udp
+}  // namespace echorelay::net

@@ -2,7 +2,7 @@
 // attempt is its own coroutine on the same executor, and the main coroutine sleeps on
 // one timer that an attempt's completion cancels, so it wakes for "fallback delay
 // passed", "an attempt finished" or "deadline".
-#include "relay/dialer.hpp"
+#include "upstream/dialer.hpp"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -20,7 +20,7 @@
 
 #include "net/socket_options.hpp"
 
-namespace echorelay::relay {
+namespace echorelay::upstream {
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
@@ -194,4 +194,4 @@ asio::awaitable<DialResult> dial(const Addresses& addresses, const DialOptions& 
   co_return result;
 }
 
-}  // namespace echorelay::relay
+}  // namespace echorelay::upstream
