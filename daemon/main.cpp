@@ -6,7 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <optional>
+#include <spdlog/spdlog.h>
+#include <string>
 
 #include "app/app.hpp"
 #include "app/probe.hpp"
@@ -137,6 +140,18 @@ int main(int argc, char** argv) {
   }
   for (int i = 0; i < argc; ++i) options.argv.emplace_back(argv[i]);
   options.ready_fd = ready_fd;
-  app::App daemon(std::move(cfg), std::move(options));
-  return daemon.run();
+  // The one boundary for exceptions of the control plane: building the workers (epoll,
+  // eventfd, threads) can fail for want of fds or memory. Past this, App::run reports
+  // its own start failures the same way.
+  std::unique_ptr<app::App> daemon;
+  try {
+    daemon = std::make_unique<app::App>(std::move(cfg), std::move(options));
+  } catch (const std::exception& e) {
+    const std::string error = std::string("cannot start: ") + e.what();
+    spdlog::error("{}", error);
+    int fd = ready_fd;
+    lifecycle::report_failure(fd, error);
+    return 1;
+  }
+  return daemon->run();
 }

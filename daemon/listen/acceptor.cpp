@@ -16,6 +16,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
 #include <spdlog/spdlog.h>
 
 #include "net/socket_options.hpp"
@@ -49,11 +50,19 @@ struct StreamAcceptor::Impl : std::enable_shared_from_this<Impl> {
         pick(std::move(p)),
         on_accept(std::move(o)) {
     boost::system::error_code ec;
-    acceptor.assign(protocol, ::fcntl(fd, F_DUPFD_CLOEXEC, 3), ec);
+    const int duplicate = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (duplicate < 0) {
+      ec.assign(errno, boost::system::system_category());
+    } else {
+      acceptor.assign(protocol, duplicate, ec);
+      if (ec) ::close(duplicate);
+    }
     // accept4 runs until the queue is empty: on a blocking socket (systemd passes
     // them blocking unless NonBlocking=yes) the last call would stall the worker.
     if (!ec) acceptor.non_blocking(true, ec);
-    if (ec) spdlog::error("listener {}: cannot start accepting: {}", spec.name, ec.message());
+    // A listener that cannot accept must fail the start (App reports it and exits 1),
+    // never let the process report READY=1 with a dead listener.
+    if (ec) throw boost::system::system_error(ec, "listener " + spec.name + ": cannot start accepting");
     max_connections = spec.max_connections != 0 ? spec.max_connections : default_max_connections(spec);
   }
 

@@ -30,7 +30,8 @@ class StreamAcceptor {
   };
 
   // `listen_fd` stays owned by the caller: the acceptor works on a duplicate, so
-  // stopping it never closes the listening socket (a successor may hold it).
+  // stopping it never closes the listening socket (a successor may hold it). Throws
+  // boost::system::system_error, naming the listener, when it cannot accept on it.
   StreamAcceptor(boost::asio::io_context& ctx, int listen_fd, const config::Listener& spec,
                  obs::ListenerCounters& counters, Limits limits, PickContext pick, OnAccept on_accept);
   ~StreamAcceptor();
