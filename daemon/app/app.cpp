@@ -24,6 +24,7 @@
 #include "echo/session.hpp"
 #include "lifecycle/readiness.hpp"
 #include "lifecycle/restart.hpp"
+#include "lifecycle/service.hpp"
 #include "listen/acceptor.hpp"
 #include "listen/open.hpp"
 #include "net/own_listeners.hpp"
@@ -92,7 +93,7 @@ struct App::Impl {
       : config(std::move(c)),
         options(std::move(o)),
         pool(worker_count(config.daemon.workers)),
-        is_main(options.ready_fd < 0) {}
+        service(options.ready_fd >= 0) {}
 
   int run();
   Result<void> open_listeners(listen::InheritedSockets& inherited);
@@ -138,14 +139,8 @@ struct App::Impl {
   std::vector<std::string> owned_paths = take_owned_paths();  // from the predecessor
   Clock::time_point drain_deadline{};
   Clock::time_point last_extend{};
-  // Whether this process speaks for the service. A successor does only once it reports
-  // ready; a predecessor stops once its successor did.
-  bool is_main = true;
-  bool draining = false;
-  bool stop_signalled = false;  // a second SIGTERM/SIGINT closes everything at once
-  bool ready = false;            // READY=1 sent (become_main ran)
-  bool restart_when_ready = false;
-  bool forced = false;
+  // Who speaks for the service and what a signal means now (see lifecycle/service.hpp).
+  lifecycle::Service service;
 };
 
 Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
@@ -168,7 +163,7 @@ Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
 Result<void> App::Impl::start_admin(listen::InheritedSockets& inherited) {
   net::Fd inherited_admin = inherited.take_named(kAdminFdName);
   if (!config.admin.enabled) return {};
-  admin_server = std::make_unique<admin::Server>(control, metrics, [this] { return !draining; });
+  admin_server = std::make_unique<admin::Server>(control, metrics, [this] { return !service.draining(); });
   admin_server->set_max_connections(config.admin.max_connections);
   auto bound = admin_server->start(config.admin.listen, inherited_admin.get());
   if (!bound) return make_error(bound.error());
@@ -273,8 +268,6 @@ void App::Impl::become_main() {
   // A successor's readiness completes a hot restart: counted before READY=1, so a
   // scrape that sees the new process sees the restart too.
   if (options.ready_fd >= 0) metrics.restarts().fetch_add(1, std::memory_order_relaxed);
-  is_main = true;
-  ready = true;
   const pid_t pid = ::getpid();
   if (!config.daemon.pid_file.empty() && !write_atomically(config.daemon.pid_file, std::to_string(pid) + "\n")) {
     spdlog::error("cannot write pid file {}", config.daemon.pid_file);
@@ -306,11 +299,11 @@ std::vector<os::NamedFd> App::Impl::handover_fds() {
 }
 
 void App::Impl::handed_over(pid_t successor) {
-  is_main = false;
+  const bool begin = service.handed_over();
   // The successor serves these paths now; unlinking them would take its address away.
   for (auto& open : listeners) open.owns_path = false;
   watchdog_timer.cancel();
-  if (draining) {
+  if (!begin) {
     // A stop aborted the restart but the successor got ready first: it is main now
     // and drains itself; we go on with our own drain, silently.
     spdlog::info("successor pid {} became main while stopping; it drains too", successor);
@@ -322,8 +315,9 @@ void App::Impl::handed_over(pid_t successor) {
 
 void App::Impl::restart_failed(const std::string& reason) {
   metrics.restart_failures().fetch_add(1, std::memory_order_relaxed);
+  service.restart_failed();
   // After STOPPING=1, READY=1 would tell the service manager we are serving again.
-  if (!draining) os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
+  if (!service.draining()) os::notify(fmt::format("READY=1\nSTATUS=reload failed: {}", reason));
 }
 
 void App::Impl::wait_for_signal() {
@@ -334,32 +328,39 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
   if (ec) return;
   switch (signo) {
     case SIGTERM:
-    case SIGINT:
-      if (stop_signalled) {
-        spdlog::warn("second {}: closing every connection now", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        forced = true;
-        finish_drain();
-        return;
+    case SIGINT: {
+      const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+      switch (service.stop_signal()) {
+        case lifecycle::Service::Stop::Force:
+          spdlog::warn("second {}: closing every connection now", name);
+          finish_drain();
+          return;
+        case lifecycle::Service::Stop::AlreadyDraining:
+          spdlog::info("{}: already draining", name);
+          break;
+        case lifecycle::Service::Stop::Drain:
+          if (restarter) restarter->abort();
+          begin_drain(false);
+          break;
       }
-      stop_signalled = true;
-      if (draining) {
-        // Draining after a handover already: this is the first stop, not the second.
-        spdlog::info("{}: already draining", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        break;
-      }
-      if (restarter) restarter->abort();
-      begin_drain(false);
       break;
+    }
     case SIGHUP:
-      if (draining) {
-        spdlog::info("SIGHUP while draining: ignored");
-      } else if (!ready) {
-        // Restarting a process that has not reported ready would hand over half a
-        // start-up; the restart follows the readiness instead.
-        spdlog::info("SIGHUP before ready: restarting once ready");
-        restart_when_ready = true;
-      } else {
-        restarter->request();
+      switch (service.reload_signal()) {
+        case lifecycle::Service::Reload::Restart:
+          restarter->request();
+          break;
+        case lifecycle::Service::Reload::Deferred:
+          // Restarting a process that has not reported ready would hand over half a
+          // start-up; the restart follows the readiness instead.
+          spdlog::info("SIGHUP before ready: restarting once ready");
+          break;
+        case lifecycle::Service::Reload::InProgress:
+          restarter->request();  // says which successor is on its way
+          break;
+        case lifecycle::Service::Reload::Ignored:
+          spdlog::info("SIGHUP while draining: ignored");
+          break;
       }
       break;
     case SIGUSR1:
@@ -392,8 +393,7 @@ void App::Impl::close_listening_sockets(bool successor_serves) {
 }
 
 void App::Impl::begin_drain(bool successor_serves) {
-  draining = true;
-  if (is_main) os::notify("STOPPING=1\nSTATUS=draining");
+  if (service.is_main()) os::notify("STOPPING=1\nSTATUS=draining");
   drain_deadline = Clock::now() + config.daemon.drain_timeout;
   spdlog::info("drain: {} connections, deadline {}ms", metrics.connections_active_total.load(),
                config.daemon.drain_timeout.count());
@@ -415,20 +415,20 @@ void App::Impl::check_drain() {
     finish_drain();
     return;
   }
-  if (successor_stopping && forced && Clock::now() >= drain_deadline + kSuccessorGrace) {
+  if (successor_stopping && service.forced() && Clock::now() >= drain_deadline + kSuccessorGrace) {
     spdlog::warn("successor still stopping {}ms after the drain deadline; exiting", kSuccessorGrace.count());
     finish_drain();
     return;
   }
-  if (!forced && Clock::now() >= drain_deadline) {
-    forced = true;
+  if (!service.forced() && Clock::now() >= drain_deadline) {
+    service.deadline_passed();
     spdlog::warn("drain deadline passed: closing {} connections", metrics.connections_active_total.load());
     for (auto& w : pool.all()) {
       asio::post(w->ctx,
                  [worker = w.get()] { net::for_each_session(worker->sessions, [](auto& s) { s.close_now(); }); });
     }
   }
-  if (is_main && os::notify_socket_set() && Clock::now() - last_extend >= std::chrono::seconds(1)) {
+  if (service.is_main() && os::notify_socket_set() && Clock::now() - last_extend >= std::chrono::seconds(1)) {
     // A long drain must not trip systemd's stop timeout while work still finishes:
     // keep the stop timer ahead of the drain deadline.
     last_extend = Clock::now();
@@ -455,7 +455,7 @@ void App::Impl::pet_watchdog() {
   // After a handover the successor is the service: a draining predecessor petting on
   // its behalf would hide a successor whose loop is stuck. cancel() alone cannot stop
   // a tick whose timer already fired but has not run yet.
-  if (!is_main) return;
+  if (!service.is_main()) return;
   bool all_alive = true;
   for (std::size_t i = 0; i < worker_beats.size(); ++i) {
     const auto beat = worker_beats[i]->load(std::memory_order_relaxed);
@@ -577,7 +577,7 @@ int App::Impl::run() {
   // restart) must not become main: that would hand the stopping service to a process
   // about to exit. Signals that arrived so far are handled here.
   control.poll();
-  if (draining) {
+  if (!service.started()) {
     spdlog::info("stop requested before this successor was ready: draining without taking over");
   } else {
     become_main();
@@ -591,7 +591,10 @@ int App::Impl::run() {
     }
     spdlog::info("echorelayd {} ready: {} listeners, {} workers, open files limit {}", kVersion, listeners.size(),
                  pool.all().size(), fd_limit);
-    if (restart_when_ready) restarter->request();
+    if (service.take_deferred_reload()) {
+      service.reload_signal();
+      restarter->request();
+    }
   }
 
   control.run();
@@ -599,7 +602,8 @@ int App::Impl::run() {
   stop_serving();
   // What we counted while draining reaches the successor's totals.
   metrics.fold_into_ledger();
-  if (is_main) {
+  service.stopped();
+  if (service.is_main()) {
     cleanup_files();
     if (!config.daemon.pid_file.empty()) {
       // Only our own pid file: a successor may already have replaced it.
@@ -608,7 +612,7 @@ int App::Impl::run() {
       if (in >> written && written == ::getpid()) ::unlink(config.daemon.pid_file.c_str());
     }
   }
-  spdlog::info("stopped{}", forced ? " (connections closed at the deadline)" : "");
+  spdlog::info("stopped{}", service.forced() ? " (connections closed at the deadline)" : "");
   return 0;
 }
 
