@@ -291,12 +291,14 @@ connect_timeout = "1s"
     return v;
   });
   for (auto& c : clients) ASSERT_TRUE(c.valid());
-  // The dials hold an fd each while they hang: the relay really is waiting on them.
-  const std::size_t fds_while_dialing = open_fds(daemon.pid());
+  // Each hanging relay holds the client's fd and its dialing socket: the peak shows the
+  // relay really waited on the dials.
+  std::size_t fds_while_dialing = 0;
   std::vector<double> closed_after(kClients, -1);
   std::vector<std::string> received(kClients);
   ASSERT_TRUE(wait_until(
       [&] {
+        fds_while_dialing = std::max(fds_while_dialing, open_fds(daemon.pid()));
         bool all = true;
         for (int i = 0; i < kClients; ++i) {
           if (closed_after[i] < 0 && peer_closed(clients[i].get(), &received[i])) closed_after[i] = seconds_since(sent_at);
@@ -310,9 +312,9 @@ connect_timeout = "1s"
   const double first = *std::min_element(closed_after.begin(), closed_after.end());
   const double last = *std::max_element(closed_after.begin(), closed_after.end());
   std::printf("[ figures  ] %d clients, connect_timeout 1 s: closed after %.2f .. %.2f s; daemon fds %zu at rest, "
-              "%zu while dialing\n",
+              "peak %zu while dialing\n",
               kClients, first, last, fd_baseline, fds_while_dialing);
-  EXPECT_GE(fds_while_dialing, fd_baseline + kClients) << "the dials did not hold their sockets";
+  EXPECT_GE(fds_while_dialing, fd_baseline + 2 * kClients * 9 / 10) << "the dials did not hold their sockets";
   EXPECT_GE(first, 0.9) << "closed before connect_timeout";
   EXPECT_LT(last, 5.0) << "connect_timeout (1 s) not honoured";
   for (int i = 0; i < kClients; ++i) EXPECT_EQ(received[i], "") << "client " << i;
@@ -322,7 +324,7 @@ connect_timeout = "1s"
   }));
   EXPECT_EQ(metric_in(ns.name(), daemon.admin(), "echorelay_connections_active", {{"listener", "relay"}}), 0);
   EXPECT_TRUE(wait_until([&] {
-    return count_lines_containing(daemon.log(), "no upstream: " + blackhole + ": i/o timeout") ==
+    return count_lines_containing(daemon.log(), "no upstream: connect tcp " + blackhole + ": i/o timeout") ==
            static_cast<std::size_t>(kClients);
   })) << tail(daemon.log(), 2000);
   clients.clear();
@@ -375,6 +377,10 @@ address = ")" + unix_path + R"("
     c.reset();
     if (!wait_until([&] { return metric_or(svc->admin(), "echorelay_connections_active", {{"listener", "tcp"}}) == 0; }))
       return ::testing::AssertionFailure() << "warm-up connection still open";
+    // The scrape's own admin connection closes on the daemon's side a moment after the
+    // answer: at rest is without it.
+    const std::size_t with_scrape = open_fds(old);
+    wait_until([&] { return open_fds(old) < with_scrape; }, 300ms);
     fd_baseline = open_fds(old);
     return ::testing::AssertionSuccess();
   }
@@ -599,6 +605,7 @@ backlog = 512
       << "the daemon never ran out of fds: " << open_fds(pid) << " open\n"
       << tail(svc.log(), 2000);
   const std::size_t fds_exhausted = open_fds(pid);
+  const std::size_t relayed = upstream.open_connections();
   // The measurement window of the spin check, not a synchronisation.
   const long ticks_before = cpu_ticks(pid);
   std::this_thread::sleep_for(2000ms);
@@ -608,11 +615,14 @@ backlog = 512
       metric_value(body.substr(std::min(body.size(), body.find("\r\n\r\n"))), "echorelay_accept_errors_total",
                    {{"listener", "relay"}})
           .value_or(-1);
-  std::printf("[ figures  ] %zu clients on a 128-fd daemon: %zu fds open at exhaustion (%zu at rest); CPU %.2f s in "
-              "2 s; /metrics on an open admin connection: %s, accept errors %.0f\n",
-              clients.size(), fds_exhausted, fd_baseline, cpu, scraped_during ? "answered" : "not answered",
+  std::printf("[ figures  ] %zu clients on a 128-fd daemon: %zu relayed, %zu fds open at exhaustion (%zu at rest); "
+              "CPU %.2f s in 2 s; /metrics on an open admin connection: %s, accept errors %.0f\n",
+              clients.size(), relayed, fds_exhausted, fd_baseline, cpu, scraped_during ? "answered" : "not answered",
               accept_errors);
   EXPECT_GE(fds_exhausted, 120U);
+  // Two fds a relay: about (128 - at rest) / 2 of them fit.
+  EXPECT_GE(relayed, 40U);
+  EXPECT_LE(relayed, 64U);
   EXPECT_LT(cpu, 0.4) << "the daemon spins while out of fds";
   EXPECT_TRUE(scraped_during) << body.substr(0, 300);
   EXPECT_GE(accept_errors, 1);
@@ -670,11 +680,12 @@ framing = "raw"
   Fd line = connect_to(daemon.address("line"));
   EXPECT_TRUE(echo_line(line.get(), kProxyV1));
   EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_requests_total", {{"listener", "line"}}, 1));
-  // v2 holds three '\n' of its own; with a closing one it is four lines, echoed in order.
+  // v2's signature holds four '\n' of its own; with a closing one it is five lines,
+  // echoed in order.
   const std::string v2_lines = proxy_v2() + "\n";
   ASSERT_TRUE(send_all(line.get(), v2_lines));
   EXPECT_EQ(recv_exact(line.get(), v2_lines.size()), v2_lines);
-  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_requests_total", {{"listener", "line"}}, 5));
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_requests_total", {{"listener", "line"}}, 6));
   EXPECT_TRUE(echo_line(line.get(), "still a plain echo\n"));
 
   Fd raw = connect_to(daemon.address("raw"));
@@ -833,6 +844,7 @@ idle_timeout = "2s"
   std::printf("[ figures  ] vanished clients: echo cut %.2f s after the link went down (read_timeout 2 s), relay %.2f s "
               "(idle_timeout 2 s)\n",
               echo_cut, relay_cut);
+  EXPECT_GE(echo_cut, 1.0) << "the echo cut its client before read_timeout";
   EXPECT_GE(relay_cut, 1.0) << "the relay closed the upstream although nothing told it the client was gone";
   EXPECT_TRUE(wait_until([&] { return count_lines_containing(daemon.log(), "idle timeout") == 1; })) << daemon.log();
   EXPECT_EQ(metric_in(ns.name(), admin, "echorelay_connections_active", {{"listener", "echo"}}), 0);
