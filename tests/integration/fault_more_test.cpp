@@ -611,14 +611,16 @@ backlog = 512
   std::this_thread::sleep_for(2000ms);
   const double cpu = ticks_to_seconds(cpu_ticks(pid) - ticks_before);
   const bool scraped_during = scrape(&body);
+  // A new admin connection needs an fd too: only told, not required while none is free.
+  const bool fresh_scrape_during = http_get(svc.admin(), "/metrics", 1000ms).has_value();
   const double accept_errors =
       metric_value(body.substr(std::min(body.size(), body.find("\r\n\r\n"))), "echorelay_accept_errors_total",
                    {{"listener", "relay"}})
           .value_or(-1);
   std::printf("[ figures  ] %zu clients on a 128-fd daemon: %zu relayed, %zu fds open at exhaustion (%zu at rest); "
-              "CPU %.2f s in 2 s; /metrics on an open admin connection: %s, accept errors %.0f\n",
+              "CPU %.2f s in 2 s; /metrics on an open admin connection: %s, accept errors %.0f; on a new one: %s\n",
               clients.size(), relayed, fds_exhausted, fd_baseline, cpu, scraped_during ? "answered" : "not answered",
-              accept_errors);
+              accept_errors, fresh_scrape_during ? "answered" : "not answered");
   EXPECT_GE(fds_exhausted, 120U);
   // Two fds a relay: about (128 - at rest) / 2 of them fit.
   EXPECT_GE(relayed, 40U);
@@ -630,6 +632,7 @@ backlog = 512
   clients.clear();
   admin.reset();
   // Recovery: the backlog drains, a new client is relayed, the fds return.
+  const auto flood_ended = Clock::now();
   EXPECT_TRUE(wait_until(
       [&] {
         Fd c = connect_to(svc.address("relay"), 2000ms);
@@ -637,6 +640,7 @@ backlog = 512
       },
       15000ms))
       << tail(svc.log(), 2000);
+  std::printf("[ figures  ] a new client was relayed %.2f s after the flood ended\n", seconds_since(flood_ended));
   auto health = http_get(svc.admin(), "/metrics");
   ASSERT_TRUE(health.has_value());
   EXPECT_EQ(health->status, 200);
@@ -644,6 +648,69 @@ backlog = 512
       << open_fds(pid) << " fds, baseline " << fd_baseline;
   EXPECT_TRUE(wait_until([&] { return upstream.open_connections() == 0; }));
   EXPECT_EQ(metric_or(svc.admin(), "echorelay_connections_active", {{"listener", "relay"}}), 0);
+}
+
+// The same limit, exhausted through the admin endpoint instead: its cap raised to 1000,
+// 150 idle admin connections take every fd. The control loop backs off (no spin), and
+// once they go, the echo listener and /metrics answer again and the fds return.
+TEST(FaultMoreFds, AdminConnectionsBeyondTheFdLimitDoNotSpinAndRecover) {
+  constexpr int kClients = 150;
+  ServiceUnderTest::Options options;
+  options.prefix = {"/usr/bin/prlimit", "--nofile=128:128"};
+  ServiceUnderTest svc(R"([daemon]
+workers = 1
+[admin]
+listen = "127.0.0.1:0"
+max_connections = 1000
+[[listener]]
+name = "echo"
+protocol = "tcp"
+address = "127.0.0.1:0"
+)",
+                       options);
+  ASSERT_TRUE(svc.start()) << svc.log();
+  const pid_t pid = svc.main_pid();
+  ASSERT_TRUE(wait_until([&] { return svc.log().find("open files limit 128") != std::string::npos; })) << svc.log();
+  ASSERT_TRUE(http_get(svc.admin(), "/healthz").has_value());
+  const std::size_t with_scrape = open_fds(pid);
+  wait_until([&] { return open_fds(pid) < with_scrape; }, 300ms);
+  const std::size_t fd_baseline = open_fds(pid);
+  std::vector<Fd> hogs;
+  for (int i = 0; i < kClients; ++i) {
+    Fd c = start_connect(svc.admin());
+    if (c && writable(c.get(), 2000ms)) hogs.push_back(std::move(c));
+  }
+  ASSERT_TRUE(wait_until([&] { return open_fds(pid) >= 128; }, 5000ms)) << open_fds(pid) << " fds";
+  const long ticks_before = cpu_ticks(pid);
+  std::this_thread::sleep_for(2000ms);  // the measurement window, not a synchronisation
+  const double cpu = ticks_to_seconds(cpu_ticks(pid) - ticks_before);
+  // Every fd is taken: a new echo client waits in the backlog, unanswered.
+  Fd waiting = connect_to(svc.address("echo"));
+  ASSERT_TRUE(waiting.valid());
+  ASSERT_TRUE(send_all(waiting.get(), "queued while out of fds\n"));
+  const bool answered_during = !recv_exact(waiting.get(), 1, 300ms).empty();
+  std::printf("[ figures  ] %zu idle admin connections on a 128-fd daemon: %zu fds (%zu at rest); CPU %.2f s in 2 s; "
+              "echo client answered during: %s\n",
+              hogs.size(), open_fds(pid), fd_baseline, cpu, answered_during ? "yes" : "no");
+  EXPECT_LT(cpu, 0.4) << "the daemon spins while out of fds";
+  hogs.clear();
+  const auto released = Clock::now();
+  // The queued client is answered once fds are free (its request was sent already).
+  std::string rest = answered_during ? "" : recv_exact(waiting.get(), 24, 5000ms);
+  EXPECT_TRUE(answered_during || rest == "queued while out of fds\n") << "got '" << rest << "'";
+  std::printf("[ figures  ] the queued echo client was answered %.2f s after the admin connections closed\n",
+              seconds_since(released));
+  waiting.reset();
+  Fd c = connect_to(svc.address("echo"));
+  EXPECT_TRUE(echo_line(c.get(), "after the admin flood\n"));
+  c.reset();
+  auto metrics = http_get(svc.admin(), "/metrics");
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_GE(metric_value(metrics->body, "echorelay_accept_errors_total", {{"listener", "echo"}}).value_or(0), 1)
+      << "the echo listener never met EMFILE: the admin connections did not take every fd";
+  EXPECT_TRUE(wait_until([&] { return open_fds(pid) <= fd_baseline; }, 10000ms))
+      << open_fds(pid) << " fds, baseline " << fd_baseline;
 }
 
 // ---- 5. PROXY headers where they are not expected
