@@ -604,12 +604,13 @@ backlog = 512
   ASSERT_TRUE(wait_until([&] { return svc.log().find("Too many open files") != std::string::npos; }, 5000ms))
       << "the daemon never ran out of fds: " << open_fds(pid) << " open\n"
       << tail(svc.log(), 2000);
-  const std::size_t fds_exhausted = open_fds(pid);
-  const std::size_t relayed = upstream.open_connections();
   // The measurement window of the spin check, not a synchronisation.
   const long ticks_before = cpu_ticks(pid);
   std::this_thread::sleep_for(2000ms);
   const double cpu = ticks_to_seconds(cpu_ticks(pid) - ticks_before);
+  // Read after the window: by then the relays accepted before the first EMFILE are up.
+  const std::size_t fds_exhausted = open_fds(pid);
+  const std::size_t relayed = upstream.open_connections();
   const bool scraped_during = scrape(&body);
   // A new admin connection needs an fd too: only told, not required while none is free.
   const bool fresh_scrape_during = http_get(svc.admin(), "/metrics", 1000ms).has_value();
