@@ -543,7 +543,6 @@ TEST(FaultMoreFds, RelayFloodBeyondTheFdLimitDoesNotSpinAndRecovers) {
   ASSERT_TRUE(upstream.ok());
   ServiceUnderTest::Options options;
   options.prefix = {"/usr/bin/prlimit", "--nofile=128:128"};
-  options.log_level = "info";
   ServiceUnderTest svc(R"([daemon]
 workers = 1
 [admin]
@@ -769,7 +768,7 @@ TEST(FaultMoreProxy, ProxyHeadersThroughARelayPassUnchanged) {
   UpstreamOptions talker;
   talker.mode = UpstreamMode::SendThenHalfClose;
   talker.greeting = kProxyV1 + proxy_v2() + "after the headers\n";
-  StreamUpstream answering(("127.0.0.1:0"), talker);
+  StreamUpstream answering("127.0.0.1:0", talker);
   ASSERT_TRUE(answering.ok());
   StreamUpstream echo("127.0.0.1:0");
   ASSERT_TRUE(echo.ok());
