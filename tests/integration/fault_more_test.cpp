@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <sstream>
@@ -441,13 +442,15 @@ address = ")" + unix_path + R"("
     auto r = svc->hot_restart(15000ms);
     ASSERT_TRUE(r.ok) << r.status << "\n" << svc->log();
     EXPECT_NE(r.pid, old);
+    // Once the old process is gone: a connection made in the instant after READY can be
+    // lost to it (ConnectionMadeRightAfterTheHandoverIsAnswered), not this test's subject.
+    EXPECT_TRUE(wait_gone(old, 5000ms).gone) << "the old process did not finish its drain";
     Fd c = connect_to(svc->address("tcp"));
     EXPECT_TRUE(echo_line(c.get(), "served by the successor\n"));
     Fd u = connect_to(unix_path);
     EXPECT_TRUE(echo_line(u.get(), "also on the unix socket\n"));
     EXPECT_TRUE(wait_until([&] { return read_file(pid_file) == std::to_string(r.pid) + "\n"; }))
         << "pid file: " << read_file(pid_file);
-    EXPECT_TRUE(wait_gone(old, 5000ms).gone) << "the old process did not finish its drain";
   }
 };
 
@@ -529,6 +532,45 @@ TEST(FaultMoreHandover, SuccessorThatCrashesAtOnceLeavesTheOldProcessServing) {
     rig.expect_old_serves_on(r, "successor killed by signal 11 before it was ready", attempt);
   }
   rig.expect_next_restart_succeeds();
+}
+
+// Found by the tests above (about 1 restart in 50 here): a client that connects right
+// after the successor reported READY can be accepted by the old process, which then
+// finds no connection to drain and exits, closing it unanswered. begin_drain
+// (daemon/app/app.cpp) posts the acceptors' pause to the workers and calls
+// check_drain() at once on the control thread; with connections_active 0 it stops the
+// process before the worker has run the pause, and whatever the worker accepted in
+// between is dropped. docs/CONFIG.md promises that an accepted connection not answered
+// yet "is served, or closed by its read_timeout or the drain deadline".
+TEST(FaultMoreHandover, ConnectionMadeRightAfterTheHandoverIsAnswered) {
+  if (std::getenv("ECHORELAY_KNOWN_DEFECTS") == nullptr)
+    GTEST_SKIP() << "defect: a connection accepted by the old process between the successor's READY and the "
+                    "acceptors' pause is closed unanswered when the drain ends at once (daemon/app/app.cpp "
+                    "begin_drain/check_drain); ECHORELAY_KNOWN_DEFECTS=1 runs it";
+  constexpr int kRestarts = 150;
+  ServiceUnderTest svc(R"([daemon]
+workers = 1
+restart_timeout = "15s"
+drain_timeout = "2s"
+[[listener]]
+name = "tcp"
+protocol = "tcp"
+address = "127.0.0.1:0"
+)");
+  ASSERT_TRUE(svc.start());
+  std::vector<std::string> lost;
+  for (int i = 0; i < kRestarts; ++i) {
+    const pid_t old = svc.main_pid();
+    auto r = svc.hot_restart(15000ms);
+    ASSERT_TRUE(r.ok) << r.status;
+    Fd c = connect_to(svc.address("tcp"));
+    auto answered = echo_line(c.get(), "right after the handover\n", 3000ms);
+    if (!answered) lost.push_back("restart " + std::to_string(i) + " (" + std::to_string(old) + " -> " +
+                                  std::to_string(r.pid) + "): " + answered.message());
+  }
+  std::printf("[ figures  ] %zu of %d connections made right after READY were lost\n", lost.size(), kRestarts);
+  for (const auto& l : lost) std::printf("             %s\n", l.c_str());
+  EXPECT_TRUE(lost.empty());
 }
 
 // ---- 4. fd exhaustion through the relay
