@@ -543,7 +543,7 @@ TEST(FaultMoreHandover, SuccessorThatCrashesAtOnceLeavesTheOldProcessServing) {
 // between is dropped. docs/CONFIG.md promises that an accepted connection not answered
 // yet "is served, or closed by its read_timeout or the drain deadline".
 TEST(FaultMoreHandover, ConnectionMadeRightAfterTheHandoverIsAnswered) {
-  if (std::getenv("ECHORELAY_KNOWN_DEFECTS") == nullptr)
+  if (const char* run = std::getenv("ECHORELAY_KNOWN_DEFECTS"); run == nullptr || *run == '\0')
     GTEST_SKIP() << "defect: a connection accepted by the old process between the successor's READY and the "
                     "acceptors' pause is closed unanswered when the drain ends at once (daemon/app/app.cpp "
                     "begin_drain/check_drain); ECHORELAY_KNOWN_DEFECTS=1 runs it";
