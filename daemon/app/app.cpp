@@ -141,6 +141,7 @@ struct App::Impl {
   Clock::time_point last_extend{};
   // Who speaks for the service and what a signal means now (see lifecycle/service.hpp).
   lifecycle::Service service;
+  std::atomic<std::size_t> acceptors_accepting{0};  // during the drain: not yet paused
 };
 
 Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
@@ -379,7 +380,10 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
 // or a socket unit holds it, it stays open there and new arrivals wait for that holder.
 void App::Impl::close_listening_sockets(bool successor_serves) {
   // Connections already queued are ours to serve unless a successor is accepting.
-  for (auto& a : acceptors) a->pause(!successor_serves);
+  acceptors_accepting.store(acceptors.size(), std::memory_order_relaxed);
+  for (auto& a : acceptors) {
+    a->pause(!successor_serves, [this] { acceptors_accepting.fetch_sub(1, std::memory_order_release); });
+  }
   // The UDP echo answers what it has read (and, unless a successor reads on, what the
   // sockets hold), then no thread touches its sockets. A UDP relay's sessions still
   // send replies from its sockets: those close at exit.
@@ -411,7 +415,10 @@ void App::Impl::check_drain() {
   // A successor told to stop with us still holds our sockets' connections: exiting
   // before it would let the service manager kill it mid-drain (KillMode=mixed).
   const bool successor_stopping = restarter && restarter->successor_stopping();
-  if (metrics.connections_active_total.load() == 0 && !successor_stopping) {
+  // An acceptor still running may take a connection yet: the count is only final once
+  // every acceptor has stopped (a connection accepted in between was lost otherwise).
+  const bool still_accepting = !service.forced() && acceptors_accepting.load(std::memory_order_acquire) != 0;
+  if (metrics.connections_active_total.load() == 0 && !successor_stopping && !still_accepting) {
     finish_drain();
     return;
   }

@@ -200,8 +200,8 @@ void StreamAcceptor::start() {
   asio::co_spawn(impl->ctx, [impl] { return impl->loop(); }, asio::detached);
 }
 
-void StreamAcceptor::pause(bool take_backlog) {
-  asio::post(impl_->ctx, [impl = impl_, take_backlog] {
+void StreamAcceptor::pause(bool take_backlog, std::function<void()> paused) {
+  asio::post(impl_->ctx, [impl = impl_, take_backlog, paused = std::move(paused)] {
     impl->paused = true;
     if (take_backlog && impl->acceptor.is_open()) {
       // Bounded: a flood arriving faster than we take it must not hold the drain.
@@ -211,6 +211,7 @@ void StreamAcceptor::pause(bool take_backlog) {
     boost::system::error_code ignored;
     impl->timer.cancel();
     impl->acceptor.close(ignored);
+    if (paused) paused();
   });
 }
 

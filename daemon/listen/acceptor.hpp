@@ -42,7 +42,9 @@ class StreamAcceptor {
   // (they are served like any other): nobody else will accept them once the last
   // holder closes the socket, and the kernel would reset them. Without, they wait in
   // the backlog for whoever else holds the socket (a successor).
-  void pause(bool take_backlog = false);
+  // `paused` runs on the acceptor's thread once it accepts no more: every connection it
+  // took is counted by then, so a drain that waits for it cannot end in between.
+  void pause(bool take_backlog = false, std::function<void()> paused = {});
 
  private:
   struct Impl;
