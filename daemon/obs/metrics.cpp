@@ -23,6 +23,7 @@ std::string_view to_string(Refuse r) {
     case Refuse::RateLimited: return "rate_limited";
     case Refuse::DeniedPort: return "denied_port";
     case Refuse::SelfLoop: return "self_loop";
+    case Refuse::IdleTimeout: return "idle_timeout";
     case Refuse::Count: break;
   }
   return "unknown";

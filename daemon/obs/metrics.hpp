@@ -24,7 +24,8 @@ enum class Refuse : unsigned {
   PeerNotAllowed,
   RateLimited,
   DeniedPort,
-  SelfLoop,  // a relay upstream that is one of this daemon's own relay listeners
+  SelfLoop,     // a relay upstream that is one of this daemon's own relay listeners
+  IdleTimeout,  // a relayed connection quiet both ways for `idle_timeout`
   Count
 };
 std::string_view to_string(Refuse);

@@ -151,7 +151,7 @@ class RelayPump final : public net::Session {
   struct End final : net::PollHandler {
     End(RelayPump& p, int f, bool up) : pump(p), fd(f), is_upstream(up) {}
     void on_ready(std::uint32_t events) override { pump.on_ready(*this, events); }
-    void on_deadline() override { pump.abort("idle timeout"); }
+    void on_deadline() override { pump.idle_timeout(); }
     void abandon() override { pump.abort("shut down"); }
     RelayPump& pump;
     const int fd;
@@ -309,6 +309,11 @@ class RelayPump final : public net::Session {
     }
     return abort(upstream_side ? (err == ECONNRESET ? "upstream reset" : "upstream error")
                                : (err == ECONNRESET ? "client reset" : "client error"));
+  }
+
+  void idle_timeout() {
+    counters_.refuse(obs::Refuse::IdleTimeout);
+    abort("idle timeout");
   }
 
   Step abort(const char* why) {

@@ -164,9 +164,8 @@ class LinkedNetNs {
 // The upstream reads the request and holds its answer. Nothing moves in either
 // direction, so after idle_timeout the relay closes both sides: the client gets EOF
 // without an answer, the upstream sees the relay's FIN at that moment, and the answer it
-// sends afterwards reaches nobody. The relay counts no metric for this (there is no
-// idle reason in echorelay_refused_total or echorelay_upstream_errors_total); its
-// debug log line carries the reason "idle timeout".
+// sends afterwards reaches nobody. Counted as echorelay_refused_total{reason=
+// "idle_timeout"} (these tests found it uncounted), logged with the reason.
 TEST(FaultMoreUpstream, UpstreamSlowerThanIdleTimeoutClosesTheClientWithoutAnAnswer) {
   constexpr int kClients = 5;
   Fd lsock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -248,6 +247,8 @@ idle_timeout = "1s"
   EXPECT_TRUE(wait_until([&] { return count_lines_containing(daemon.log(), "idle timeout") >= kClients; }))
       << daemon.log();
   EXPECT_EQ(count_lines_containing(daemon.log(), "relay closed"), static_cast<std::size_t>(kClients)) << daemon.log();
+  EXPECT_EQ(metric_or(daemon.admin(), "echorelay_refused_total", {{"listener", "relay"}, {"reason", "idle_timeout"}}),
+            kClients);
   EXPECT_EQ(metric_or(daemon.admin(), "echorelay_connections_active", {{"listener", "relay"}}), 0);
   EXPECT_EQ(metric_or(daemon.admin(), "echorelay_connections_accepted_total", {{"listener", "relay"}}), kClients);
   EXPECT_TRUE(wait_until([&] { return open_fds(daemon.pid()) <= fd_baseline; }))
@@ -951,6 +952,7 @@ idle_timeout = "2s"
   EXPECT_GE(echo_cut, 1.0) << "the echo cut its client before read_timeout";
   EXPECT_GE(relay_cut, 1.0) << "the relay closed the upstream although nothing told it the client was gone";
   EXPECT_TRUE(wait_until([&] { return count_lines_containing(daemon.log(), "idle timeout") == 1; })) << daemon.log();
+  EXPECT_EQ(metric_in(ns.name(), admin, "echorelay_refused_total", {{"listener", "relay"}, {"reason", "idle_timeout"}}), 1);
   EXPECT_EQ(metric_in(ns.name(), admin, "echorelay_connections_active", {{"listener", "echo"}}), 0);
   EXPECT_EQ(metric_in(ns.name(), admin, "echorelay_connections_active", {{"listener", "relay"}}), 0);
   EXPECT_TRUE(wait_until([&] { return open_fds(daemon.pid()) <= fd_baseline; }))
