@@ -86,6 +86,31 @@ PipePool& pipes() {
   return pool;
 }
 
+// A relayed connection from accept to close, whichever phase it ends in (the dial, or
+// the pump it is handed to whole): its identity for the one summary line, the upstream
+// it holds a place of in the balancer, and why it ended.
+struct RelayRecord {
+  std::uint64_t id = next_relay_id.fetch_add(1, std::memory_order_relaxed);
+  Clock::time_point started = Clock::now();
+  std::string peer = "-";  // filled only when debug logging is on
+  std::string upstream_name = "-";
+  upstream::UpstreamPool::Upstream* chosen = nullptr;
+  const char* reason = "closed";
+  std::string detail;    // why the last upstream failed, or why the pump could not start
+  bool pumped = false;   // reached the pump: `detail` then tells of an earlier failover
+
+  // The one exit: gives the balancer its place back and logs the summary line.
+  void close(RelayListener& listener, std::uint64_t bytes_up, std::uint64_t bytes_down) {
+    if (chosen) listener.pool.released(*chosen);
+    chosen = nullptr;
+    const char* open = detail.empty() ? "" : pumped ? " (after failover: " : ": ";
+    spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}{}{}{}", id,
+                  listener.spec.name, peer, upstream_name, bytes_up, bytes_down,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(), reason, open,
+                  detail, !detail.empty() && pumped ? ")" : "");
+  }
+};
+
 
 // After the dial: both fds on the worker's Poller, one state machine for the two
 // directions. A direction never reads again before what it read was written.
@@ -95,12 +120,7 @@ class RelayPump final : public net::Session {
     int client_fd;
     net::Fd upstream;
     std::vector<char> unsent_up;  // what of the PROXY header the kernel did not take
-    upstream::UpstreamPool::Upstream* chosen;
-    std::uint64_t id;
-    Clock::time_point started;
-    std::string peer;
-    std::string upstream_name;
-    std::string error_detail;
+    RelayRecord record;
     bool splice;
   };
 
@@ -113,21 +133,18 @@ class RelayPump final : public net::Session {
         counters_(listener.counters),
         slot_(std::move(slot)),
         poller_(poller),
-        chosen_(h.chosen),
-        id_(h.id),
-        started_(h.started),
-        peer_(std::move(h.peer)),
-        upstream_name_(std::move(h.upstream_name)),
-        error_detail_(std::move(h.error_detail)),
+        record_(std::move(h.record)),
         splice_(h.splice) {
     up_.unsent = std::move(h.unsent_up);
+    record_.pumped = true;
   }
 
   // False (everything closed, logged) when the fds cannot be watched.
   bool start() {
     // Both fds are non-blocking: the acceptor and the dialer make them so.
     if (!poller_.add(client_.fd, client_) || !poller_.add(upstream_.fd, upstream_)) {
-      error_detail_ = std::string("cannot watch the connection: ") + std::strerror(errno);
+      record_.pumped = false;  // the detail is why it ends, not an earlier failover
+      record_.detail = std::string("cannot watch the connection: ") + std::strerror(errno);
       abort("internal error");
       return false;
     }
@@ -257,7 +274,7 @@ class RelayPump final : public net::Session {
     ::shutdown(d.to->fd, SHUT_WR);
     d.done = true;
     if (up_.done && down_.done) {
-      reason_ = "both sides closed";
+      record_.reason = "both sides closed";
       finish();
       return Step::Ended;
     }
@@ -317,18 +334,14 @@ class RelayPump final : public net::Session {
   }
 
   Step abort(const char* why) {
-    reason_ = why;
+    record_.reason = why;
     finish();
     return Step::Ended;
   }
 
   // The one way out: `this` is deleted.
   void finish() {
-    if (chosen_) listener_.pool.released(*chosen_);
-    spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}{}{}{}", id_,
-                  listener_.spec.name, peer_, upstream_name_, up_.bytes, down_.bytes,
-                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_,
-                  error_detail_.empty() ? "" : " (after failover: ", error_detail_, error_detail_.empty() ? "" : ")");
+    record_.close(listener_, up_.bytes, down_.bytes);
     for (End* e : {&client_, &upstream_}) {
       poller_.remove(e->fd, *e);
       ::close(e->fd);
@@ -345,13 +358,7 @@ class RelayPump final : public net::Session {
   obs::ListenerCounters& counters_;
   net::ConnectionSlot slot_;
   net::Poller& poller_;
-  upstream::UpstreamPool::Upstream* chosen_;
-  const std::uint64_t id_;
-  const Clock::time_point started_;
-  std::string peer_;
-  std::string upstream_name_;
-  std::string error_detail_;
-  const char* reason_ = "closed";
+  RelayRecord record_;
   const bool splice_;
 };
 
@@ -366,16 +373,14 @@ class RelaySession final : public net::Session, public std::enable_shared_from_t
         counters_(listener.counters),
         slot_(std::move(slot)),
         sessions_(sessions),
-        poller_(poller),
-        id_(next_relay_id.fetch_add(1, std::memory_order_relaxed)),
-        started_(Clock::now()) {}
+        poller_(poller) {}
 
   asio::awaitable<void> run();
 
   void drain() override {}
   void close_now() override {
     aborted_ = true;
-    reason_ = "drain timeout";
+    record_.reason = "drain timeout";
     (void)net::set_linger(client_.native_handle(), 0);
     boost::system::error_code ignored;
     client_.cancel(ignored);
@@ -392,13 +397,7 @@ class RelaySession final : public net::Session, public std::enable_shared_from_t
   net::ConnectionSlot slot_;
   net::SessionSet& sessions_;
   net::Poller& poller_;
-  upstream::UpstreamPool::Upstream* chosen_ = nullptr;
-  const std::uint64_t id_;
-  const Clock::time_point started_;
-  std::string upstream_name_ = "-";
-  std::string peer_ = "-";  // filled only when debug logging is on
-  const char* reason_ = "closed";
-  std::string error_detail_;
+  RelayRecord record_;
   bool aborted_ = false;
   bool upstream_is_tcp_ = false;
 };
@@ -432,7 +431,7 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
       if (!resolved) {
         counters_.upstream_error(obs::UpstreamError::Resolve);
         listener_.pool.failed(*upstream);
-        error_detail_ = resolved.error();
+        record_.detail = resolved.error();
         continue;
       }
       addresses = std::move(*resolved);
@@ -443,7 +442,7 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
     if (addresses.empty()) {
       counters_.refuse(obs::Refuse::SelfLoop);
       listener_.pool.failed(*upstream);
-      error_detail_ = endpoint.to_string() + " is this daemon's own relay listener";
+      record_.detail = endpoint.to_string() + " is this daemon's own relay listener";
       spdlog::warn("listener {}: upstream {} is this daemon's own relay listener; not dialed", listener_.spec.name,
                    endpoint.to_string());
       continue;
@@ -453,28 +452,24 @@ asio::awaitable<bool> RelaySession::connect_upstream() {
     if (!dialed.fd) {
       counters_.upstream_error(dialed.error.kind);
       listener_.pool.failed(*upstream);
-      error_detail_ = dialed.error.message;
+      record_.detail = dialed.error.message;
       continue;
     }
     counters_.observe_connect(std::chrono::duration<double>(Clock::now() - dial_started).count());
     listener_.pool.connected(*upstream);
-    chosen_ = upstream;
-    upstream_name_ = endpoint.to_string();
+    record_.chosen = upstream;
+    record_.upstream_name = endpoint.to_string();
     const int family = dialed.family;
     upstream_is_tcp_ = family != AF_UNIX;
     upstream_ = std::move(dialed.fd);
     co_return true;
   }
-  if (error_detail_.empty()) error_detail_ = "connect timeout";
+  if (record_.detail.empty()) record_.detail = "connect timeout";
   co_return false;
 }
 
 void RelaySession::finish() {
-  if (chosen_) listener_.pool.released(*chosen_);
-  spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, 0 bytes up, 0 bytes down, {}ms, {}{}{}", id_,
-                listener_.spec.name, peer_, upstream_name_,
-                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_,
-                error_detail_.empty() ? "" : ": ", error_detail_);
+  record_.close(listener_, 0, 0);  // nothing is pumped before the hand-over
   boost::system::error_code ignored;
   client_.close(ignored);
 }
@@ -483,10 +478,10 @@ asio::awaitable<void> RelaySession::run() {
   if (spdlog::should_log(spdlog::level::debug)) {
     boost::system::error_code ec;
     const auto peer = client_.remote_endpoint(ec);
-    if (!ec) peer_ = net::format_sockaddr(peer.data(), static_cast<socklen_t>(peer.size()));
+    if (!ec) record_.peer = net::format_sockaddr(peer.data(), static_cast<socklen_t>(peer.size()));
   }
   if (!co_await connect_upstream()) {
-    if (!aborted_) reason_ = "no upstream";
+    if (!aborted_) record_.reason = "no upstream";
     finish();
     co_return;
   }
@@ -513,7 +508,7 @@ asio::awaitable<void> RelaySession::run() {
     if (n < 0 && errno != EAGAIN) {
       counters_.upstream_error(errno == ECONNRESET || errno == EPIPE ? obs::UpstreamError::Reset
                                                                      : obs::UpstreamError::Other);
-      reason_ = errno == ECONNRESET ? "upstream reset" : "upstream error";
+      record_.reason = errno == ECONNRESET ? "upstream reset" : "upstream error";
       finish();
       co_return;
     }
@@ -524,16 +519,15 @@ asio::awaitable<void> RelaySession::run() {
   boost::system::error_code ec;
   const int client_fd = client_.release(ec);
   if (ec) {
-    reason_ = "cannot take over the client connection";
+    record_.reason = "cannot take over the client connection";
     finish();
     co_return;
   }
   const bool splice = spec.splice && spec.protocol == config::Protocol::Tcp && upstream_is_tcp_;
-  auto* pump = new RelayPump(RelayPump::Handover{client_fd, std::move(upstream_), std::move(unsent_up), chosen_, id_,
-                                                 started_, std::move(peer_), std::move(upstream_name_),
-                                                 std::move(error_detail_), splice},
+  auto* pump = new RelayPump(RelayPump::Handover{client_fd, std::move(upstream_), std::move(unsent_up),
+                                                 std::move(record_), splice},
                              listener_, std::move(slot_), poller_);
-  chosen_ = nullptr;  // released by the pump now
+  record_.chosen = nullptr;  // the pump holds the upstream's place now
   sessions_.push_back(*pump);
   pump->start();
   // This object leaves the session set when the coroutine drops the last reference.
