@@ -33,31 +33,6 @@ int scale() {
   return n > 0 ? n : 1;
 }
 
-// A non-blocking TCP connection to `address` that is connected or in progress.
-Fd start_connect(const std::string& address) {
-  socklen_t len = 0;
-  sockaddr_storage addr = parse_inet(address, &len);
-  Fd s(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!s) return s;
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS) return Fd();
-  return s;
-}
-
-bool writable(int fd, Millis timeout) {
-  pollfd p{fd, POLLOUT, 0};
-  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1 && (p.revents & POLLOUT);
-}
-
-// True when the peer has closed `fd` (EOF or reset) by now.
-bool peer_closed(int fd) {
-  char b[4096];
-  for (;;) {
-    const ssize_t n = ::recv(fd, b, sizeof b, MSG_DONTWAIT);
-    if (n == 0) return true;
-    if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-  }
-}
-
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());

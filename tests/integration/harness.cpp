@@ -872,4 +872,43 @@ std::optional<double> fetch_metric(const std::string& admin, std::string_view na
   return failure;
 }
 
+long cpu_ticks(pid_t pid) {
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream in(stat.substr(paren + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  // After "pid (comm) ": state is field 3, utime field 14, stime field 15.
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+Fd start_connect(const std::string& address) {
+  socklen_t len = 0;
+  sockaddr_storage addr = parse_inet(address, &len);
+  Fd s(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!s) return s;
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS) return Fd();
+  return s;
+}
+
+bool writable(int fd, Millis timeout) {
+  pollfd p{fd, POLLOUT, 0};
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1 && (p.revents & POLLOUT);
+}
+
+bool peer_closed(int fd, std::string* received) {
+  char b[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, b, sizeof b, MSG_DONTWAIT);
+    if (n == 0) return true;
+    if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    if (received) received->append(b, static_cast<std::size_t>(n));
+  }
+}
+
 }  // namespace echorelay::test

@@ -79,6 +79,8 @@ bool wait_until(const std::function<bool()>& condition, Millis timeout = kIoTime
 std::string read_file(const std::string& path);
 // Entries of /proc/PID/fd: what a process holds open, seen from outside (0 if gone).
 std::size_t open_fds(pid_t pid);
+// utime + stime of every thread of `pid`, in clock ticks (/proc/PID/stat); -1 if gone.
+long cpu_ticks(pid_t pid);
 // The lines of `text` without their '\n'.
 std::vector<std::string> split_lines(std::string_view text);
 // The last `n` characters of `text`, marked "..." when cut (for failure messages).
@@ -167,6 +169,12 @@ class Daemon {
 
 // "127.0.0.1:40123" or "[::1]:40124" -> sockaddr. Aborts the test (ADD_FAILURE) on junk.
 sockaddr_storage parse_inet(const std::string& address, socklen_t* len);
+// A non-blocking TCP connection to `address` that is connected or in progress (invalid
+// if connect failed at once).
+Fd start_connect(const std::string& address);
+bool writable(int fd, Millis timeout);
+// True when the peer has closed `fd` (EOF or reset) by now; bytes read are appended.
+bool peer_closed(int fd, std::string* received = nullptr);
 std::uint16_t port_of(const std::string& address);
 std::string format_inet(const sockaddr_storage& addr);
 std::uint16_t local_port(int fd);

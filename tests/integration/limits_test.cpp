@@ -105,19 +105,6 @@ handler = "echo"
 namespace echorelay::test {
 namespace {
 
-// utime + stime of `pid`, in clock ticks.
-long cpu_ticks(pid_t pid) {
-  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  std::istringstream in(stat.substr(stat.rfind(')') + 2));
-  std::string field;
-  long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stol(field);
-    if (i == 15) stime = std::stol(field);
-  }
-  return utime + stime;
-}
-
 TEST(Limits, AcceptBacksOffWithoutSpinningWhenOutOfFdsAndServesTheBacklogAfterwards) {
   Daemon daemon(R"(
 [daemon]
