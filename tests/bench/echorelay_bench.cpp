@@ -5,6 +5,7 @@
 // cheap to build and shares no code path with what it measures. Starting servers and
 // tabulating results belong to tests/bench/run.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -24,6 +25,7 @@
 #include <barrier>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
@@ -138,6 +140,7 @@ struct Options {
   std::size_t threads = 1;
   bool progress = false;
   bool reconnect = false;  // a clean EOF at a request boundary reconnects (not an error)
+  pid_t server_pid = 0;     // --server-pid: whose CPU time the measured window cost
 };
 
 std::optional<std::uint64_t> parse_duration_ns(std::string_view text) {
@@ -970,6 +973,8 @@ void usage() {
       "                    (a reconnect, not an error); a clean EOF in place of a reply to a\n"
       "                    sent request reconnects and resends it (counted as resent: a failure)\n"
       "  --request-timeout D  pingpong/churn: a connect or request not done in D is an error (default 0s = off)\n"
+      "  --server-pid P    also report the CPU time (utime + stime) that process and its children spent\n"
+      "                    in the measured window: server_cpu_s, server_cpu_us_per_req (or per MB for bulk)\n"
       "  --pause D         pingpong/udp: wait D after each reply before the next request (default 0s:\n"
       "                    closed loop at full speed); paces a moderate load, e.g. for tests/soak/run\n"
       "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
@@ -1023,6 +1028,7 @@ Options parse_options(int argc, char** argv) {
     else if (arg == "--request-timeout") opt.request_timeout_ns = duration();
     else if (arg == "--pause") opt.pause_ns = duration();
     else if (arg == "--threads") opt.threads = parse_count(value, "threads");
+    else if (arg == "--server-pid") opt.server_pid = static_cast<pid_t>(parse_count(value, "server pid"));
     else usage();
   }
   if (target.empty()) usage();
@@ -1084,7 +1090,96 @@ void raise_fd_limit() {
   }
 }
 
-void print_json(const Options& opt, const Stats& s, std::size_t connections) {
+// CPU ticks (utime + stime, in clock ticks) of `pid` and every process below it: nginx
+// and HAProxy serve from child processes, echorelayd's supervisor from its worker. A
+// process that ends inside the window takes its ticks with it (none does in a run).
+std::uint64_t process_tree_ticks(pid_t pid) {
+  std::uint64_t ticks = 0;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  if (FILE* f = std::fopen(path, "r")) {
+    char buf[1024];
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    // Fields after the command name, which may hold spaces and ')': state is field 3,
+    // utime and stime are fields 14 and 15.
+    if (const char* p = std::strrchr(buf, ')')) {
+      unsigned long long utime = 0, stime = 0;
+      if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) == 2) {
+        ticks += utime + stime;
+      }
+    }
+  }
+  std::snprintf(path, sizeof path, "/proc/%d/task", static_cast<int>(pid));
+  std::vector<pid_t> children;
+  if (DIR* tasks = opendir(path)) {
+    while (const dirent* t = readdir(tasks)) {
+      if (t->d_name[0] == '.') continue;
+      char cpath[320];
+      std::snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", static_cast<int>(pid), t->d_name);
+      if (FILE* f = std::fopen(cpath, "r")) {
+        int child = 0;
+        while (std::fscanf(f, "%d", &child) == 1) children.push_back(child);
+        std::fclose(f);
+      }
+    }
+    closedir(tasks);
+  }
+  for (pid_t c : children) ticks += process_tree_ticks(c);
+  return ticks;
+}
+
+// Samples the server's CPU at the start and at the end of the measured window.
+class CpuSampler {
+ public:
+  CpuSampler(pid_t pid, const Clock& clock) : pid_(pid) {
+    if (pid_ == 0) return;
+    thread_ = std::thread([this, &clock] {
+      while (clock.start.load(std::memory_order_acquire) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      sleep_until_ns(clock.measure_start());
+      const std::uint64_t first = process_tree_ticks(pid_);
+      sleep_until_ns(clock.measure_end());
+      ticks_ = process_tree_ticks(pid_) - first;
+    });
+  }
+  ~CpuSampler() { join(); }
+  CpuSampler(const CpuSampler&) = delete;
+  CpuSampler& operator=(const CpuSampler&) = delete;
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool active() const { return pid_ != 0; }
+  double seconds() const { return static_cast<double>(ticks_) / static_cast<double>(sysconf(_SC_CLK_TCK)); }
+
+ private:
+  static void sleep_until_ns(std::uint64_t t) {
+    // The window ends early on SIGINT/SIGTERM: g_stop_ns moves measure_end().
+    for (std::uint64_t now = now_ns(); now < t; now = now_ns()) {
+      std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<std::uint64_t>(t - now, 10'000'000)));
+    }
+  }
+  pid_t pid_;
+  std::uint64_t ticks_ = 0;
+  std::thread thread_;
+};
+
+
+// ",server_cpu_s":X,"server_cpu_us_per_req":Y (per MB for bulk), or nothing without a sampler.
+std::string cpu_fields(const Options& opt, const Stats& s, const CpuSampler* cpu) {
+  if (cpu == nullptr || !cpu->active()) return {};
+  const double secs = cpu->seconds();
+  char buf[160];
+  if (opt.mode == Mode::Bulk) {
+    const double mb = static_cast<double>(s.bytes) / 1e6;
+    std::snprintf(buf, sizeof buf, ",\"server_cpu_s\":%.2f,\"server_cpu_us_per_mb\":%.1f", secs, mb > 0 ? secs * 1e6 / mb : 0.0);
+  } else {
+    const double reqs = static_cast<double>(s.requests);
+    std::snprintf(buf, sizeof buf, ",\"server_cpu_s\":%.2f,\"server_cpu_us_per_req\":%.2f", secs, reqs > 0 ? secs * 1e6 / reqs : 0.0);
+  }
+  return buf;
+}
+void print_json(const Options& opt, const Stats& s, std::size_t connections, const CpuSampler* cpu = nullptr) {
   const double secs = static_cast<double>(opt.duration_ns) / 1e9;
   const double rate = secs > 0 ? static_cast<double>(s.requests) / secs : 0;
   const double mbps = secs > 0 ? static_cast<double>(s.bytes) / secs / 1e6 : 0;
@@ -1093,10 +1188,11 @@ void print_json(const Options& opt, const Stats& s, std::size_t connections) {
       "{\"mode\":\"%s\",\"target\":\"%s\",\"framing\":\"%s\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
       "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
       "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"connects\":%" PRIu64
-      ",\"reconnects\":%" PRIu64 ",\"resent\":%" PRIu64 "}\n",
+      ",\"reconnects\":%" PRIu64 ",\"resent\":%" PRIu64 "%s}\n",
       opt.mode_name.c_str(), opt.target.text.c_str(), framing, connections, opt.size, secs, s.requests, rate, mbps,
       static_cast<double>(s.latency.quantile(0.50)) / 1e3, static_cast<double>(s.latency.quantile(0.99)) / 1e3,
-      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects, s.resent);
+      static_cast<double>(s.latency.quantile(0.999)) / 1e3, s.errors, s.mismatches, s.lost, s.connects, s.reconnects, s.resent,
+      cpu_fields(opt, s, cpu).c_str());
   std::fflush(stdout);
 }
 
@@ -1272,6 +1368,7 @@ int main(int argc, char** argv) {
     for (std::size_t i = t; i < opt.connections; i += opt.threads) ids.push_back(i);
     workers.push_back(std::make_unique<Worker>(opt, clock, &ready, ids, &stream));
   }
+  CpuSampler cpu(opt.server_pid, clock);
   std::vector<std::thread> threads;
   for (auto& w : workers) threads.emplace_back([&w] { w->run(); });
 
@@ -1295,6 +1392,7 @@ int main(int argc, char** argv) {
   Stats total;
   for (auto& w : workers) total.merge(w->stats());
   workers.clear();
-  print_json(opt, total, opt.connections);
+  cpu.join();
+  print_json(opt, total, opt.connections, &cpu);
   return total.errors + total.mismatches > 0 ? 1 : 0;
 }
