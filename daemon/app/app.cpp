@@ -104,6 +104,7 @@ struct App::Impl {
   void begin_drain(bool successor_serves);
   void close_listening_sockets(bool successor_serves);
   void check_drain();
+  void post_drain_check();
   void finish_drain();
   void on_signal(const boost::system::error_code& ec, int signo);
   void wait_for_signal();
@@ -129,6 +130,7 @@ struct App::Impl {
   std::unique_ptr<upstream::Resolver> resolver;  // only when some listener relays
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
+  std::vector<listen::OpenListener*> udp_server_listeners;  // udp_servers[i] serves udp_server_listeners[i]
   std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
@@ -141,7 +143,11 @@ struct App::Impl {
   Clock::time_point last_extend{};
   // Who speaks for the service and what a signal means now (see lifecycle/service.hpp).
   lifecycle::Service service;
-  std::atomic<std::size_t> acceptors_accepting{0};  // during the drain: not yet paused
+  // During the drain: acceptors not yet paused and UDP echo servers whose workers still
+  // read their sockets. The count of connections is final only at zero.
+  std::atomic<std::size_t> listeners_serving{0};
+  net::LastConnectionWatch last_connection;  // armed by the drain
+  bool drain_finished = false;
 };
 
 Result<void> App::Impl::open_listeners(listen::InheritedSockets& inherited) {
@@ -173,9 +179,12 @@ Result<void> App::Impl::start_admin(listen::InheritedSockets& inherited) {
   return {};
 }
 
+// Everything is registered with the worker loops before they run: the UDP echo touches
+// the pollers directly, which only a poller's own thread may do once it runs.
 void App::Impl::start_serving() {
-  pool.start();
   auto& workers = pool.all();
+  std::vector<net::LoopRef> loops;
+  for (auto& w : workers) loops.push_back({&w->ctx, &w->poller});
   std::size_t index = 0;
   for (const auto& spec : config.listeners) {
     if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<upstream::Resolver>(config.resolver);
@@ -198,7 +207,8 @@ void App::Impl::start_serving() {
       Worker& home = *workers[index++ % workers.size()];
       auto acceptor = std::make_unique<listen::StreamAcceptor>(
           home.ctx, open.fds.front().get(), spec, counters,
-          listen::StreamAcceptor::Limits{&metrics.connections_active_total, config.daemon.max_connections},
+          listen::StreamAcceptor::Limits{&metrics.connections_active_total, config.daemon.max_connections,
+                                         &last_connection},
           [this]() -> asio::io_context& { return pool.next().ctx; },
           [this, &spec, &counters, relay_listener](listen::StreamSocket socket, net::ConnectionSlot slot) {
             auto& ctx = static_cast<asio::io_context&>(socket.get_executor().context());
@@ -229,21 +239,24 @@ void App::Impl::start_serving() {
         server->start();
         udp_relays.push_back(std::move(server));
       } else {
-        auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters);
+        auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters, loops);
         server->start();
         udp_servers.push_back(std::move(server));
+        udp_server_listeners.push_back(&open);
       }
     }
   }
+  pool.start();
 }
 
-// Acceptors first (they hand connections to workers), then the UDP threads, then the
-// workers; the relay state they all use goes last.
+// Acceptors first (they hand connections to workers), then the UDP relay threads, then
+// the workers; what the workers served goes once no loop runs, and the relay state
+// they all use goes last.
 void App::Impl::stop_serving() {
   acceptors.clear();
-  for (auto& u : udp_servers) u->stop();
   for (auto& u : udp_relays) u->stop();
   pool.stop();
+  udp_servers.clear();
   relay_listeners.clear();
   resolver.reset();
 }
@@ -380,17 +393,29 @@ void App::Impl::on_signal(const boost::system::error_code& ec, int signo) {
 // or a socket unit holds it, it stays open there and new arrivals wait for that holder.
 void App::Impl::close_listening_sockets(bool successor_serves) {
   // Connections already queued are ours to serve unless a successor is accepting.
-  acceptors_accepting.store(acceptors.size(), std::memory_order_relaxed);
+  listeners_serving.store(acceptors.size() + udp_servers.size(), std::memory_order_relaxed);
   for (auto& a : acceptors) {
-    a->pause(!successor_serves, [this] { acceptors_accepting.fetch_sub(1, std::memory_order_release); });
+    a->pause(!successor_serves, [this] {
+      listeners_serving.fetch_sub(1, std::memory_order_release);
+      post_drain_check();
+    });
   }
-  // The UDP echo answers what it has read (and, unless a successor reads on, what the
-  // sockets hold), then no thread touches its sockets. A UDP relay's sessions still
-  // send replies from its sockets: those close at exit.
-  for (auto& u : udp_servers) u->stop(!successor_serves);
+  // The UDP echo's workers answer, unless a successor reads on, what the sockets hold,
+  // then let go of them; only then may the sockets close (a worker may be in recvmmsg
+  // on one). A UDP relay's sessions still send replies from its sockets: those close
+  // at exit.
+  for (std::size_t i = 0; i < udp_servers.size(); ++i) {
+    udp_servers[i]->stop(!successor_serves, [this, open = udp_server_listeners[i]] {
+      asio::post(control, [this, open] {
+        open->fds.clear();
+        listeners_serving.fetch_sub(1, std::memory_order_release);
+        check_drain();
+      });
+    });
+  }
   for (auto& u : udp_relays) u->stop_reading();
   for (auto& open : listeners) {
-    if (open.spec->handler == config::Handler::Relay && !open.spec->is_stream()) continue;
+    if (!open.spec->is_stream()) continue;
     open.fds.clear();
   }
   if (admin_server) admin_server->stop();
@@ -401,6 +426,7 @@ void App::Impl::begin_drain(bool successor_serves) {
   drain_deadline = Clock::now() + config.daemon.drain_timeout;
   spdlog::info("drain: {} connections, deadline {}ms", metrics.connections_active_total.load(),
                config.daemon.drain_timeout.count());
+  last_connection.arm([this] { post_drain_check(); });
   close_listening_sockets(successor_serves);
   for (auto& w : pool.all()) {
     asio::post(w->ctx, [worker = w.get()] {
@@ -411,13 +437,21 @@ void App::Impl::begin_drain(bool successor_serves) {
   check_drain();
 }
 
+void App::Impl::post_drain_check() {
+  asio::post(control, [this] { check_drain(); });
+}
+
+// Runs when something the drain waits for may have changed: the last connection
+// ended, a listener let go of its sockets (both post here), or the timer below.
 void App::Impl::check_drain() {
+  if (drain_finished) return;
   // A successor told to stop with us still holds our sockets' connections: exiting
   // before it would let the service manager kill it mid-drain (KillMode=mixed).
   const bool successor_stopping = restarter && restarter->successor_stopping();
   // An acceptor still running may take a connection yet: the count is only final once
-  // every acceptor has stopped (a connection accepted in between was lost otherwise).
-  const bool still_accepting = !service.forced() && acceptors_accepting.load(std::memory_order_acquire) != 0;
+  // every acceptor has stopped (a connection accepted in between was lost otherwise),
+  // and a UDP echo worker may still be answering what it swept from its socket.
+  const bool still_accepting = !service.forced() && listeners_serving.load(std::memory_order_acquire) != 0;
   if (metrics.connections_active_total.load() == 0 && !successor_stopping && !still_accepting) {
     finish_drain();
     return;
@@ -442,13 +476,22 @@ void App::Impl::check_drain() {
     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(drain_deadline - last_extend);
     if (left.count() > 0) os::notify(fmt::format("EXTEND_TIMEOUT_USEC={}", left.count() + 2000000));
   }
-  drain_timer.expires_after(std::chrono::milliseconds(20));
+  // The clock is all that is left to watch: the deadline, systemd's stop timer, and a
+  // successor told to stop (its exit is seen only by looking).
+  const auto now = Clock::now();
+  auto next = service.forced() ? drain_deadline + kSuccessorGrace : drain_deadline;
+  if (successor_stopping) next = std::min(next, now + std::chrono::milliseconds(20));
+  if (service.is_main() && os::notify_socket_set()) next = std::min(next, last_extend + std::chrono::seconds(1));
+  // Past every point (connections closed at the deadline that have not ended yet):
+  // look again soon rather than spin.
+  drain_timer.expires_at(next > now ? next : now + std::chrono::milliseconds(20));
   drain_timer.async_wait([this](const boost::system::error_code& ec) {
     if (!ec) check_drain();
   });
 }
 
 void App::Impl::finish_drain() {
+  drain_finished = true;
   drain_timer.cancel();
   watchdog_timer.cancel();
   signals.cancel();

@@ -35,10 +35,10 @@ void WorkerPool::start() {
 void WorkerPool::stop() {
   guards_.clear();
   for (auto& w : workers_) {
-    if (w->thread.joinable()) {
-      w->ctx.stop();
-      w->thread.join();
-    }
+    // Also a loop that never ran: stopped() is what tells its users (udp::EchoServer)
+    // that no thread polls it any more.
+    w->ctx.stop();
+    if (w->thread.joinable()) w->thread.join();
   }
 }
 

@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 #include <spdlog/spdlog.h>
+
+#include "obs/log.hpp"
 #include <vector>
 
 #include "echo/framing.hpp"
@@ -318,10 +320,17 @@ class EchoSession final : public net::Session, public net::PollHandler {
       sockaddr_storage peer{};
       socklen_t len = sizeof peer;
       const bool known = ::getpeername(fd_, reinterpret_cast<sockaddr*>(&peer), &len) == 0;
-      spdlog::debug("[c{} {}] closed: peer {}, {} bytes in, {} bytes out, {} requests, {}ms, {}", id_, spec_.name,
-                    known ? net::format_sockaddr(reinterpret_cast<const sockaddr*>(&peer), len) : std::string("-"),
-                    bytes_in_, bytes_out_, requests_,
-                    std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count(), reason_);
+      const std::string peer_text =
+          known ? net::format_sockaddr(reinterpret_cast<const sockaddr*>(&peer), len) : std::string("-");
+      obs::log_session_end({.id = id_,
+                            .listener = spec_.name,
+                            .kind = "echo",
+                            .peer = peer_text,
+                            .bytes_in = bytes_in_,
+                            .bytes_out = bytes_out_,
+                            .requests = static_cast<std::int64_t>(requests_),
+                            .duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_),
+                            .reason = reason_});
     }
     ::close(fd_);
     delete this;

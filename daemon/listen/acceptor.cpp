@@ -185,7 +185,7 @@ int StreamAcceptor::Impl::accept_one() {
   }
   counters.connections_active.fetch_add(1, std::memory_order_relaxed);
   limits.total_active->fetch_add(1, std::memory_order_relaxed);
-  on_accept(std::move(socket), net::ConnectionSlot(&counters, limits.total_active));
+  on_accept(std::move(socket), net::ConnectionSlot(&counters, limits.total_active, limits.last_connection));
   return 0;
 }
 

@@ -27,6 +27,7 @@ class StreamAcceptor {
   struct Limits {
     obs::Gauge* total_active = nullptr;
     std::uint64_t max_total = 0;  // 0 = no daemon-wide limit
+    const net::LastConnectionWatch* last_connection = nullptr;  // the drain's gate, if any
   };
 
   // `listen_fd` stays owned by the caller: the acceptor works on a duplicate, so

@@ -31,9 +31,9 @@ Poller::~Poller() {
   while (!members_.empty()) members_.front().abandon();
 }
 
-bool Poller::add(int fd, PollHandler& handler) {
+bool Poller::add(int fd, PollHandler& handler, std::uint32_t events) {
   epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.events = events;
   ev.data.ptr = &handler;
   if (::epoll_ctl(epoll_.native_handle(), EPOLL_CTL_ADD, fd, &ev) != 0) return false;
   members_.push_back(handler);

@@ -62,7 +62,10 @@ class Poller {
   Poller& operator=(const Poller&) = delete;
 
   // Registers `fd` (non-blocking) once for its lifetime. False with errno on failure.
-  bool add(int fd, PollHandler& handler);
+  // The default events suit a stream; a datagram socket read by several workers asks
+  // for EPOLLIN | EPOLLET | EPOLLEXCLUSIVE, so one arrival wakes one of them.
+  static constexpr std::uint32_t kStreamEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  bool add(int fd, PollHandler& handler, std::uint32_t events = kStreamEvents);
   // Unregisters before the handler closes `fd`: an fd shared with a forked child that
   // has not exec'd yet would otherwise stay in the set with a dangling handler.
   void remove(int fd, PollHandler& handler);
@@ -111,6 +114,13 @@ class Poller {
   bool deferred_posted_ = false;
   int dispatching_ = 0;  // index into events_ while a batch is dispatched
   int batch_size_ = 0;   // 0 outside a batch
+};
+
+// A worker's loop as a data plane sees it: its io_context (to post to) and its Poller
+// (touched only on that loop's thread once the loop runs).
+struct LoopRef {
+  boost::asio::io_context* ctx;
+  Poller* poller;
 };
 
 }  // namespace echorelay::net

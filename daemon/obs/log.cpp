@@ -76,9 +76,7 @@ JournalFields journal_fields(std::string_view m) {
   f.peer = word_after(m, "peer ", ", ");
   if (m.starts_with("hot restart failed: ")) {
     f.reason = m.substr(20, m.rfind("; still serving") - 20);
-  } else if (m.starts_with("[c") && (m.find("] closed: ") != std::string_view::npos ||
-                                     m.find("] relay closed: ") != std::string_view::npos ||
-                                     m.find("] end: ") != std::string_view::npos)) {
+  } else if (m.starts_with("[c") && m.find("] closed: ") != std::string_view::npos) {
     const auto comma = m.rfind(", ");
     if (comma != std::string_view::npos) f.reason = m.substr(comma + 2);
   }
@@ -159,6 +157,13 @@ void setup_logging(config::LogLevel level, config::LogFormat format) {
   logger->set_level(to_spdlog(level));
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(std::move(logger));
+}
+
+void log_session_end(const SessionEnd& e) {
+  const std::string requests = e.requests < 0 ? std::string("-") : std::to_string(e.requests);
+  // The reason goes last, after ", ": the journal's REASON= is read from there.
+  spdlog::debug("[c{} {}] closed: {}, peer {}, upstream {}, {} bytes in, {} bytes out, {} requests, {}ms, {}", e.id,
+                e.listener, e.kind, e.peer, e.upstream, e.bytes_in, e.bytes_out, requests, e.duration.count(), e.reason);
 }
 
 }  // namespace echorelay::obs

@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 #include <spdlog/spdlog.h>
+
+#include "obs/log.hpp"
 #include <span>
 #include <vector>
 
@@ -103,11 +105,18 @@ struct RelayRecord {
   void close(RelayListener& listener, std::uint64_t bytes_up, std::uint64_t bytes_down) {
     if (chosen) listener.pool.released(*chosen);
     chosen = nullptr;
+    if (!spdlog::should_log(spdlog::level::debug)) return;
     const char* open = detail.empty() ? "" : pumped ? " (after failover: " : ": ";
-    spdlog::debug("[c{} {}] relay closed: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}{}{}{}", id,
-                  listener.spec.name, peer, upstream_name, bytes_up, bytes_down,
-                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(), reason, open,
-                  detail, !detail.empty() && pumped ? ")" : "");
+    const std::string why = fmt::format("{}{}{}{}", reason, open, detail, !detail.empty() && pumped ? ")" : "");
+    obs::log_session_end({.id = id,
+                          .listener = listener.spec.name,
+                          .kind = "relay",
+                          .peer = peer,
+                          .upstream = upstream_name,
+                          .bytes_in = bytes_up,
+                          .bytes_out = bytes_down,
+                          .duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started),
+                          .reason = why});
   }
 };
 

@@ -1,14 +1,16 @@
-// UDP (and multicast) echo: reader threads copy datagrams into a bounded queue that a
-// pool of worker threads answers by unicast to the sender. Owns its sockets' serving,
-// not their binding (listen/ binds or adopts them; multicast membership is set there
-// through net/multicast.hpp).
+// UDP (and multicast) echo, served by the daemon's workers: each worker that serves a
+// socket reads it on its own loop (recvmmsg) and answers each datagram by unicast to
+// its sender from the socket it arrived on (sendmmsg), with no hand-off between
+// threads. Owns its sockets' serving, not their binding (listen/ binds or adopts
+// them; multicast membership is set there through net/multicast.hpp).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "config/config.hpp"
-#include "net/fd.hpp"
+#include "net/poller.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::udp {
@@ -17,20 +19,25 @@ class EchoServer {
  public:
   // `sockets`: bound, non-blocking datagram sockets of this listener (one unless
   // `sockets` > 1 with SO_REUSEPORT). The server does not close them: the caller keeps
-  // ownership so they can be handed to a successor.
-  EchoServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters);
-  ~EchoServer();  // stop() if still running
+  // ownership so they can be handed to a successor. `loops`: the daemon's workers;
+  // each socket is read by `workers` of them (0 = all).
+  EchoServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
+             std::vector<net::LoopRef> loops);
+  // The loops must have stopped running, or stop()'s `stopped` have run: what is still
+  // registered is taken off the pollers here, which only the loop's own thread may do.
+  ~EchoServer();
   EchoServer(const EchoServer&) = delete;
   EchoServer& operator=(const EchoServer&) = delete;
 
+  // Registers every socket with its workers' pollers. Call before the loops run (it
+  // touches the pollers directly); throws std::system_error when the kernel refuses.
   void start();
-  // Readers stop taking datagrams off the sockets (they stay open in the kernel, for a
-  // successor); datagrams already queued are still answered. Any thread; idempotent.
-  void stop_reading();
-  // stop_reading(), answer what is queued, join every thread. Any thread but a pool one.
-  // With `sweep_sockets`, the readers first read and answer what the sockets hold: a
-  // process closing them for good (SIGTERM) is the last to read those datagrams.
-  void stop(bool sweep_sockets = false);
+  // Every worker lets go of the sockets on its own loop, after answering, when
+  // `sweep_sockets`, what the sockets hold (bounded): a process closing them for good
+  // (SIGTERM) is the last to read those datagrams. `stopped` runs once, on the last
+  // worker's thread, when no loop touches the sockets any more: then they may close.
+  // Any thread; later calls do nothing.
+  void stop(bool sweep_sockets, std::function<void()> stopped);
 
  private:
   struct Impl;

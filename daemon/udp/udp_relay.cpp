@@ -17,6 +17,8 @@
 #include <boost/asio/system_executor.hpp>
 #include <spdlog/spdlog.h>
 
+#include "obs/log.hpp"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -940,10 +942,18 @@ struct RelayServer::Impl {
       reason = "evicted";
       counters_.add(counters_.udp_sessions_evicted);
     }
-    spdlog::debug("[c{} {}] end: peer {}, upstream {}, {} bytes up, {} bytes down, {}ms, {}", s.id, name_,
-                  net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len),
-                  s.upstream_name.empty() ? "-" : s.upstream_name, s.bytes_up, s.bytes_down,
-                  std::chrono::duration_cast<std::chrono::milliseconds>(w.now - s.opened).count(), reason);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      const std::string peer = net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len);
+      obs::log_session_end({.id = s.id,
+                            .listener = name_,
+                            .kind = "udp relay",
+                            .peer = peer,
+                            .upstream = s.upstream_name.empty() ? std::string_view("-") : std::string_view(s.upstream_name),
+                            .bytes_in = s.bytes_up,
+                            .bytes_out = s.bytes_down,
+                            .duration = std::chrono::duration_cast<std::chrono::milliseconds>(w.now - s.opened),
+                            .reason = reason});
+    }
     counters_.udp_sessions_active.fetch_sub(1, std::memory_order_relaxed);
     if (!left_count) sessions_.fetch_sub(1, std::memory_order_acq_rel);
     w.table.erase(s.key);

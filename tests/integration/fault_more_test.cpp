@@ -204,7 +204,7 @@ idle_timeout = "1s"
   }
   EXPECT_TRUE(wait_until([&] { return count_lines_containing(daemon.log(), "idle timeout") >= kClients; }))
       << daemon.log();
-  EXPECT_EQ(count_lines_containing(daemon.log(), "relay closed"), static_cast<std::size_t>(kClients)) << daemon.log();
+  EXPECT_EQ(count_lines_containing(daemon.log(), "closed: relay,"), static_cast<std::size_t>(kClients)) << daemon.log();
   EXPECT_EQ(metric_or(daemon.admin(), "echorelay_refused_total", {{"listener", "relay"}, {"reason", "idle_timeout"}}),
             kClients);
   EXPECT_EQ(metric_or(daemon.admin(), "echorelay_connections_active", {{"listener", "relay"}}), 0);

@@ -12,11 +12,16 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
+#include <memory>
 #include <map>
 #include <optional>
 #include <set>
@@ -29,6 +34,7 @@
 #include "net/fd.hpp"
 #include "obs/metrics.hpp"
 #include "net/multicast.hpp"
+#include "net/poller.hpp"
 #include "udp/udp_echo.hpp"
 #include "udp_support.hpp"
 
@@ -57,6 +63,72 @@ config::Listener udp_listener(unsigned workers = 2) {
   return l;
 }
 
+// The daemon's workers in miniature: loops of an io_context and a Poller, each on its
+// own thread once run() is called.
+class Loops {
+ public:
+  explicit Loops(unsigned count) {
+    for (unsigned i = 0; i < count; ++i) loops_.push_back(std::make_unique<Loop>());
+  }
+  ~Loops() {
+    for (auto& l : loops_) {
+      l->ctx.stop();
+      if (l->thread.joinable()) l->thread.join();
+    }
+  }
+  std::vector<net::LoopRef> refs() {
+    std::vector<net::LoopRef> out;
+    for (auto& l : loops_) out.push_back({&l->ctx, &l->poller});
+    return out;
+  }
+  void run() {
+    for (auto& l : loops_) {
+      l->thread = std::thread([&ctx = l->ctx] {
+        auto busy = boost::asio::make_work_guard(ctx);
+        ctx.run();
+      });
+    }
+  }
+
+ private:
+  struct Loop {
+    boost::asio::io_context ctx{1};
+    net::Poller poller{ctx};
+    std::thread thread;
+  };
+  std::vector<std::unique_ptr<Loop>> loops_;
+};
+
+// An EchoServer started on two worker loops of its own (running unless `run` is false);
+// stop() returns once every worker has let go of the sockets.
+struct ServedEcho {
+  ServedEcho(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
+             bool run = true)
+      : loops(2), server(listener, std::move(sockets), counters, loops.refs()) {
+    server.start();
+    if (run) loops.run();
+  }
+  void stop(bool sweep = false) {
+    if (stopped) return;
+    stopped = true;
+    std::promise<void> done;
+    server.stop(sweep, [&done] { done.set_value(); });
+    done.get_future().wait();
+  }
+  Loops loops;
+  EchoServer server;
+  bool stopped = false;
+};
+
+// Room in the socket's receive buffer for a burst sent before the workers read: a
+// datagram the kernel drops there is counted (queue_full), which these tests must not see.
+void make_room(int fd) {
+  const int bytes = 4 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
+    ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes), 0);
+  }
+}
+
 std::uint64_t refused(const obs::ListenerCounters& c, Refuse r) { return c.refused[static_cast<unsigned>(r)].load(); }
 std::uint64_t all_drops(const obs::ListenerCounters& c) {
   std::uint64_t sum = 0;
@@ -68,8 +140,7 @@ TEST(UdpEcho, EchoesExactBytesFromTheListeningAddress) {
   Fd server = bound_socket("127.0.0.1");
   const Address to = local_address(server.get());
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(), {server.get()}, counters);
 
   Fd client = bound_socket("127.0.0.1");
   const std::vector<std::size_t> sizes = {1, 7, 512, 1472, 9000, 65507};
@@ -97,8 +168,7 @@ TEST(UdpEcho, EchoesExactBytesFromTheListeningAddress) {
 TEST(UdpEcho, EchoesZeroLengthDatagram) {
   Fd server = bound_socket("127.0.0.1");
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
 
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), "", local_address(server.get()));
@@ -114,8 +184,7 @@ TEST(UdpEcho, EchoesZeroLengthDatagram) {
 TEST(UdpEcho, EchoesOverIpv6) {
   Fd server = bound_socket("::1");
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
 
   Fd client = bound_socket("::1");
   const std::string payload = pattern(1200, 6);
@@ -135,8 +204,7 @@ TEST(UdpEcho, WildcardSocketRepliesFromTheAddressItWasSentTo) {
   Fd server = bound_socket("0.0.0.0");
   const std::uint16_t port = local_address(server.get()).port();
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
 
   Fd client = bound_socket("127.0.0.1");
   for (const std::string ip : {"127.0.0.2", "127.0.0.1", "127.0.0.3"}) {
@@ -155,8 +223,7 @@ TEST(UdpEcho, DualStackWildcardSocketRepliesToIpv4FromTheAddressItWasSentTo) {
   Fd server = bound_socket("::");
   const std::uint16_t port = local_address(server.get()).port();
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
 
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), "mapped", make_address("127.0.0.2", port));
@@ -175,8 +242,7 @@ TEST(UdpEcho, AnswersManySourcesConcurrentlyOverReusePortSockets) {
   const Address to = local_address(first.get());
   Fd second = bound_socket("127.0.0.1", to.port(), true);
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(4), {first.get(), second.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(4), {first.get(), second.get()}, counters);
 
   constexpr int kClients = 16;
   constexpr int kPerClient = 200;
@@ -235,8 +301,7 @@ TEST(UdpEcho, DropsDatagramsFromDeniedSourcePorts) {
   auto listener = udp_listener(1);
   listener.deny_source_ports = {7, 19, local_address(denied.get()).port()};
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(listener, {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(listener, {server.get()}, counters);
 
   for (int i = 0; i < 3; ++i) send_to(denied.get(), "loop " + std::to_string(i), to);
   send_to(allowed.get(), "fine", to);
@@ -257,8 +322,7 @@ TEST(UdpEcho, RateLimitsEachSourceAddressSeparately) {
   auto listener = udp_listener(1);
   listener.rate_limit = 20;
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(listener, {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(listener, {server.get()}, counters);
 
   Fd flooder = bound_socket("127.0.0.1");
   Fd other = bound_socket("127.0.0.2");
@@ -289,21 +353,21 @@ TEST(UdpEcho, CountsQueueFullDrops) {
   Fd server = bound_socket("127.0.0.1");
   const Address to = local_address(server.get());
   Fd client = bound_socket("127.0.0.1");
+  // Datagrams wait for a worker in the socket's receive buffer: the smallest one the
+  // kernel allows holds a few, and the workers are not running while the burst arrives.
+  const int tiny = 1;
+  ASSERT_EQ(setsockopt(server.get(), SOL_SOCKET, SO_RCVBUF, &tiny, sizeof tiny), 0);
+  auto listener = udp_listener(2);
+  obs::ListenerCounters counters("udp-test");
+  ServedEcho echo(listener, {server.get()}, counters, /*run=*/false);
   constexpr int kBurst = 200;
   std::set<std::string> sent;
-  // The burst waits in the kernel before the server starts: the reader then takes it
-  // far faster than the pool can answer through a two-slot queue. (With one worker
-  // there is no queue to fill: the reader answers each batch itself.)
   for (int i = 0; i < kBurst; ++i) {
     const std::string payload = "burst " + std::to_string(i);
     send_to(client.get(), payload, to);
     sent.insert(payload);
   }
-  auto listener = udp_listener(2);
-  listener.queue = 2;
-  obs::ListenerCounters counters("udp-test");
-  EchoServer echo(listener, {server.get()}, counters);
-  echo.start();
+  echo.loops.run();
 
   ASSERT_TRUE(wait_until([&] {
     return counters.datagrams_sent.load() + dropped(counters, Drop::QueueFull) == kBurst;
@@ -326,8 +390,7 @@ TEST(UdpEcho, DropsDatagramsLargerThanMaxDatagram) {
   auto listener = udp_listener(1);
   listener.max_datagram = 100;
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(listener, {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(listener, {server.get()}, counters);
 
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), pattern(101, 1), to);
@@ -343,21 +406,21 @@ TEST(UdpEcho, DropsDatagramsLargerThanMaxDatagram) {
   EXPECT_FALSE(receive(client.get(), 50ms)) << "an oversized datagram was answered";
 }
 
-TEST(UdpEcho, StopReadingLeavesTheSocketOpenAndAnswersWhatWasTaken) {
+TEST(UdpEcho, StopLeavesTheSocketOpenAndAnswersWhatWasTaken) {
   Fd server = bound_socket("127.0.0.1");
   const Address to = local_address(server.get());
+  make_room(server.get());
   Fd client = bound_socket("127.0.0.1");
   constexpr int kBurst = 300;
   for (int i = 0; i < kBurst; ++i) send_to(client.get(), "before " + std::to_string(i), to);
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
   ASSERT_TRUE(wait_until([&] { return counters.datagrams_received.load() > 0; }));
-  echo.stop_reading();
-  echo.stop_reading();  // idempotent
+  echo.stop();
+  echo.server.stop(false, [] { ADD_FAILURE() << "a second stop() ran its callback"; });  // idempotent
   const std::uint64_t taken = counters.datagrams_received.load();
 
-  // Everything taken before stop_reading is answered; nothing more is taken.
+  // Everything taken before the stop is answered; nothing more is taken.
   ASSERT_TRUE(wait_until([&] { return counters.datagrams_sent.load() == taken; }));
   send_to(client.get(), "after", to);
   std::vector<std::string> left;
@@ -376,17 +439,17 @@ TEST(UdpEcho, StopReadingLeavesTheSocketOpenAndAnswersWhatWasTaken) {
   EXPECT_EQ(replies, taken);
 }
 
-TEST(UdpEcho, StopAnswersTheWholeQueueBeforeReturning) {
+TEST(UdpEcho, StopWithSweepAnswersWhatTheSocketHoldsBeforeReturning) {
   Fd server = bound_socket("127.0.0.1");
   const Address to = local_address(server.get());
+  make_room(server.get());
   Fd client = bound_socket("127.0.0.1");
   constexpr int kBurst = 300;
   for (int i = 0; i < kBurst; ++i) send_to(client.get(), pattern(200, static_cast<unsigned>(i)), to);
   obs::ListenerCounters counters("udp-test");
-  EchoServer echo(udp_listener(1), {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(udp_listener(1), {server.get()}, counters);
   ASSERT_TRUE(wait_until([&] { return counters.datagrams_received.load() > 0; }));
-  echo.stop();
+  echo.stop(/*sweep=*/true);
   EXPECT_EQ(counters.datagrams_sent.load(), counters.datagrams_received.load());
   EXPECT_EQ(counters.bytes_sent.load(), counters.bytes_received.load());
   EXPECT_EQ(all_drops(counters), 0U);
@@ -424,8 +487,7 @@ TEST(UdpMulticast, GroupJoinedOnLoopbackIsEchoedByUnicast) {
   EXPECT_EQ(int_option(server.get(), IPPROTO_IP, IP_MULTICAST_LOOP), 1);
 
   obs::ListenerCounters counters("mcast-test");
-  EchoServer echo(listener, {server.get()}, counters);
-  echo.start();
+  ServedEcho echo(listener, {server.get()}, counters);
 
   Fd sender = loopback_multicast_sender();
   const std::string payload = pattern(300, 9);
