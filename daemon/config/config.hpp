@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "net/cidr.hpp"
 #include "net/endpoint.hpp"
 
 namespace echorelay::config {
@@ -19,7 +20,8 @@ namespace echorelay::config {
 using Duration = std::chrono::milliseconds;
 
 enum class Protocol { Tcp, Udp, Unix, Multicast };
-enum class Handler { Echo, Relay };
+// Mirror: udp and multicast only; every datagram to every upstream, one-way.
+enum class Handler { Echo, Relay, Mirror };
 enum class Framing { Line, LengthPrefixed, Raw };
 enum class Balance { RoundRobin, LeastConnections, Random };
 enum class ProxyProtocol { Off, V1, V2 };
@@ -96,6 +98,7 @@ struct Listener {
   // Unless deny_source_ports is written: every UDP port this daemon listens on is
   // denied too. (A source that is one of our own listening addresses never is answered.)
   bool deny_own_ports = true;
+  std::vector<net::Cidr> allow_sources;  // any handler; empty = every source
 
   // multicast
   std::string interface;  // empty = all multicast-capable interfaces
@@ -121,6 +124,10 @@ struct Listener {
   bool splice = true;  // bulk TCP<->TCP relay through splice(2); false = copy via user space
   Duration session_timeout = std::chrono::seconds(30);
   std::uint64_t max_sessions = 0;  // 0 = unlimited
+
+  // mirror (upstreams as above; an entry may be an inline table { address, sample })
+  std::vector<std::uint32_t> upstream_samples;  // parallel to upstreams; N = 1 datagram in N
+  bool preserve_source = false;  // copies leave from the sender's address and port (CAP_NET_RAW)
 
   bool is_stream() const { return protocol == Protocol::Tcp || protocol == Protocol::Unix; }
   bool is_datagram() const { return !is_stream(); }

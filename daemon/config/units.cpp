@@ -158,6 +158,7 @@ std::string_view to_string(Handler h) {
   switch (h) {
     case Handler::Echo: return "echo";
     case Handler::Relay: return "relay";
+    case Handler::Mirror: return "mirror";
   }
   return "?";
 }

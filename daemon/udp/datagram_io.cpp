@@ -155,6 +155,19 @@ bool SourcePolicy::admit(const sockaddr_storage& from, Clock::time_point now, ob
   return true;
 }
 
+void prepare_receive(mmsghdr& m, iovec& iov, void* buf, std::size_t len, sockaddr_storage& name,
+                     unsigned char* control) {
+  iov = {buf, len};
+  msghdr& h = m.msg_hdr;
+  h = msghdr{};
+  h.msg_name = &name;
+  h.msg_namelen = sizeof(sockaddr_storage);
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  h.msg_control = control;
+  h.msg_controllen = kControlSize;
+}
+
 void enable_pktinfo(int fd, const std::string& listener) {
   int domain = 0;
   socklen_t len = sizeof domain;

@@ -122,6 +122,11 @@ struct SourcePolicy {
   bool admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const;
 };
 
+// Points `m` at one datagram's room for recvmmsg: `len` payload bytes at `buf`, the
+// sender's address in `name`, kControlSize bytes of control data (PKTINFO) at `control`.
+void prepare_receive(mmsghdr& m, iovec& iov, void* buf, std::size_t len, sockaddr_storage& name,
+                     unsigned char* control);
+
 // Turns on IP_PKTINFO / IPV6_RECVPKTINFO so each datagram reports the address it was
 // sent to. A failure is logged: replies then leave from a routing-chosen source.
 void enable_pktinfo(int fd, const std::string& listener);

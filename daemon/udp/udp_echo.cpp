@@ -194,15 +194,7 @@ struct EchoServer::Impl {
   // One recvmmsg and the sendmmsg answering it. True when the batch was full.
   bool serve_batch(Reader& r) {
     for (unsigned i = 0; i < kBatch; ++i) {
-      r.in_iov_[i] = {r.buffers_.slot(i), max_datagram_};
-      msghdr& h = r.in_[i].msg_hdr;
-      h = msghdr{};
-      h.msg_name = &r.names_[i];
-      h.msg_namelen = sizeof(sockaddr_storage);
-      h.msg_iov = &r.in_iov_[i];
-      h.msg_iovlen = 1;
-      h.msg_control = r.control_[i].data();
-      h.msg_controllen = kControlSize;
+      prepare_receive(r.in_[i], r.in_iov_[i], r.buffers_.slot(i), max_datagram_, r.names_[i], r.control_[i].data());
     }
     const int fd = r.socket_.fd;
     const int n = ::recvmmsg(fd, r.in_.data(), kBatch, MSG_DONTWAIT, nullptr);

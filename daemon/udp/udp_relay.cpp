@@ -540,15 +540,8 @@ struct RelayServer::Impl {
   int receive_batch(Reader& r, unsigned& accepted) {
     for (;;) {
       for (unsigned i = 0; i < kBatch; ++i) {
-        msghdr& h = r.msgs[i].msg_hdr;
-        h = msghdr{};
-        r.iov[i] = {r.buffer.get() + static_cast<std::size_t>(i) * max_datagram_, max_datagram_};
-        h.msg_name = &r.names[i];
-        h.msg_namelen = sizeof(sockaddr_storage);
-        h.msg_iov = &r.iov[i];
-        h.msg_iovlen = 1;
-        h.msg_control = r.control[i].data();
-        h.msg_controllen = kControlSize;
+        prepare_receive(r.msgs[i], r.iov[i], r.buffer.get() + static_cast<std::size_t>(i) * max_datagram_,
+                        max_datagram_, r.names[i], r.control[i].data());
       }
       const int n = ::recvmmsg(r.fd, r.msgs.data(), kBatch, MSG_DONTWAIT, nullptr);
       if (n < 0) {
