@@ -1,10 +1,11 @@
 // echorelay-bench: the load generator of tests/bench. Owns the workloads (pingpong, bulk,
-// churn, udp, idle), byte-for-byte verification of every echo, the latency histogram and
+// churn, udp, idle, mirror), byte-for-byte verification of every echo, the latency histogram and
 // the one-line JSON report; for the restart benchmark also a notify-socket receiver and a
 // signal sender that print CLOCK_MONOTONIC timestamps. Plain C++20 over epoll: no Asio and no daemon code, so it is
 // cheap to build and shares no code path with what it measures. Starting servers and
 // tabulating results belong to tests/bench/run.
 #include <arpa/inet.h>
+#include <linux/sock_diag.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -112,7 +113,7 @@ class Histogram {
 // ---------------------------------------------------------------------------------------
 // Options and targets.
 
-enum class Mode { PingPong, Bulk, Churn, Udp, Idle };
+enum class Mode { PingPong, Bulk, Churn, Udp, Idle, Mirror };
 enum class Framing { Line, LengthPrefixed, Raw };
 enum class Kind { Tcp, Unix, Udp };
 
@@ -141,6 +142,11 @@ struct Options {
   bool progress = false;
   bool reconnect = false;  // a clean EOF at a request boundary reconnects (not an error)
   pid_t server_pid = 0;     // --server-pid: whose CPU time the measured window cost
+  // mirror: the collector addresses this generator binds (the server sends copies there),
+  // and the window of datagrams in flight against the first collector (0 = open loop).
+  std::vector<std::string> collect;
+  std::size_t window = 0;
+  bool read_all = false;  // mirror: read every collector, not only the first
 };
 
 std::optional<std::uint64_t> parse_duration_ns(std::string_view text) {
@@ -960,7 +966,7 @@ class Worker {
 void usage() {
   std::fputs(
       "usage: echorelay-bench MODE --target URL [options]\n"
-      "  MODE      pingpong | bulk | churn | udp | idle\n"
+      "  MODE      pingpong | bulk | churn | udp | idle | mirror\n"
       "  --target  tcp://127.0.0.1:PORT | tcp://[::1]:PORT | unix:///path | unix://@name | udp://127.0.0.1:PORT\n"
       "  --connections N   connections (udp: sockets); default 1\n"
       "  --size S          bytes per request on the wire (default 64), bulk: bytes per write (default 64KiB)\n"
@@ -977,6 +983,10 @@ void usage() {
       "                    in the measured window: server_cpu_s, server_cpu_us_per_req (or per MB for bulk)\n"
       "  --pause D         pingpong/udp: wait D after each reply before the next request (default 0s:\n"
       "                    closed loop at full speed); paces a moderate load, e.g. for tests/soak/run\n"
+      "  --collect A,B,...  mirror: collector addresses (127.0.0.1:PORT) to bind and count copies at\n"
+      "  --window W        mirror: at most W datagrams ahead of the first collector (default 0: open loop)\n"
+      "  --read-all        mirror: read and check every collector (default: the first; the others are\n"
+      "                    counted by the kernel's drops at a minimal receive buffer, costing this CPU nothing)\n"
       "  SIGINT/SIGTERM end the measured window early; the report covers what was measured.\n"
       "  echorelay-bench freeport [N]   print N loopback ports free for both TCP and UDP\n"
       "  echorelay-bench notify PATH    bind an AF_UNIX datagram socket (sd_notify receiver) and print\n"
@@ -995,6 +1005,7 @@ Options parse_options(int argc, char** argv) {
   else if (opt.mode_name == "churn") opt.mode = Mode::Churn;
   else if (opt.mode_name == "udp") opt.mode = Mode::Udp;
   else if (opt.mode_name == "idle") opt.mode = Mode::Idle;
+  else if (opt.mode_name == "mirror") opt.mode = Mode::Mirror;
   else usage();
   std::string target;
   std::string framing = "line";
@@ -1007,6 +1018,10 @@ Options parse_options(int argc, char** argv) {
     }
     if (arg == "--reconnect") {
       opt.reconnect = true;
+      continue;
+    }
+    if (arg == "--read-all") {
+      opt.read_all = true;
       continue;
     }
     if (i + 1 >= argc) usage();
@@ -1029,7 +1044,15 @@ Options parse_options(int argc, char** argv) {
     else if (arg == "--pause") opt.pause_ns = duration();
     else if (arg == "--threads") opt.threads = parse_count(value, "threads");
     else if (arg == "--server-pid") opt.server_pid = static_cast<pid_t>(parse_count(value, "server pid"));
-    else usage();
+    else if (arg == "--window") opt.window = parse_count(value, "window");
+    else if (arg == "--collect") {
+      std::string_view rest = value;
+      while (!rest.empty()) {
+        const auto comma = rest.find(',');
+        opt.collect.emplace_back(rest.substr(0, comma));
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      }
+    } else usage();
   }
   if (target.empty()) usage();
   opt.target = parse_target(target);
@@ -1037,15 +1060,18 @@ Options parse_options(int argc, char** argv) {
   else if (framing == "length-prefixed") opt.framing = Framing::LengthPrefixed;
   else if (framing == "raw") opt.framing = Framing::Raw;
   else fail("framing must be line, length-prefixed or raw");
-  if ((opt.target.kind == Kind::Udp) != (opt.mode == Mode::Udp)) fail("udp mode needs a udp:// target and the others a stream target");
-  if (opt.mode == Mode::Udp) opt.framing = Framing::Raw;  // a datagram is its own frame
+  const bool datagrams = opt.mode == Mode::Udp || opt.mode == Mode::Mirror;
+  if ((opt.target.kind == Kind::Udp) != datagrams) fail("udp and mirror modes need a udp:// target and the others a stream target");
+  if (datagrams) opt.framing = Framing::Raw;  // a datagram is its own frame
+  if ((opt.mode == Mode::Mirror) != !opt.collect.empty()) fail("--collect goes with mirror mode, which needs it");
   if (opt.size == 0) opt.size = opt.mode == Mode::Bulk ? 65536 : 64;
   if (opt.mode == Mode::Bulk) {
     if (opt.size > kMaxChunk) fail("bulk --size is at most 256KiB");
     if (opt.framing == Framing::LengthPrefixed) fail("bulk takes line or raw framing");
     if (opt.framing == Framing::Line && (opt.line_size < 1 || opt.line_size > kMaxChunk)) fail("bad --line-size");
   }
-  const std::size_t min_size = opt.framing == Framing::LengthPrefixed ? 5 : (opt.mode == Mode::Udp ? 16 : 1);
+  const std::size_t min_size =
+      opt.framing == Framing::LengthPrefixed ? 5 : (opt.mode == Mode::Udp ? 16 : opt.mode == Mode::Mirror ? 24 : 1);
   if (opt.mode != Mode::Bulk && (opt.size < min_size || opt.size > kMaxChunk)) fail("--size out of range");
   if (opt.connections == 0 || opt.threads == 0) fail("--connections and --threads must be at least 1");
   opt.threads = std::min(opt.threads, opt.connections);
@@ -1339,6 +1365,236 @@ int run_idle(Options& opt) {
   return 0;
 }
 
+// mirror: a stream of --size datagrams to the target from --connections sockets, at full
+// speed (or at most --window ahead of the first collector), while the K collector sockets
+// bound here (--collect) count the copies the server under test sends them. One thread
+// does both in turns (a sendmmsg batch per sending socket, then the first collector drained
+// with recvmmsg), so generator and collectors share one pinned CPU. Each datagram carries
+// a magic, its sequence number and its send time: the first collector checks the bytes and
+// records the one-way latency. The other collectors are not read (unless --read-all): their
+// receive buffer is the kernel's minimum, so every copy that reaches them overflows it and
+// is counted in SK_MEMINFO_DROPS, which is their count (within the few datagrams queued at
+// the window's edges); reading K copies of every datagram on this one CPU would make the
+// generator, not the server, the limit at K = 4. The report's `requests`/`req_per_s` are the copies the FIRST
+// collector received in the window (datagrams/s through the mirror, comparable across K);
+// `delivered_per_s_total` sums all collectors, `per_collector_per_s` lists them, `sent`/
+// `sent_per_s` is what went in, `lost` sums, over the collectors, what was sent in the
+// window but not received by it (in open loop the server's receive buffer overflows: loss
+// is expected there), and `collector_drops` what the collectors' own buffers dropped (non-
+// zero means this generator, not the server, was the bottleneck).
+int run_mirror(Options& opt) {
+  constexpr std::size_t kBatch = 32;
+  constexpr std::size_t kRecvBatch = 256;
+  constexpr char kMagic[8] = {'E', 'R', 'M', 'I', 'R', 'R', 'O', 'R'};
+  struct Collector {
+    int fd = -1;
+    std::uint64_t got = 0;         // all copies, for the window
+    std::uint64_t got_window = 0;  // copies received in the measured window
+    std::uint64_t bytes_window = 0;
+    std::uint32_t drops_at_start = 0;
+    bool counted_only = false;  // never read: arrivals = the kernel's drops at a full, tiny buffer
+  };
+  const auto drops = [](int fd) -> std::uint32_t {
+    std::uint32_t mem[SK_MEMINFO_VARS] = {};
+    socklen_t len = sizeof mem;
+    return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 ? mem[SK_MEMINFO_DROPS] : 0;
+  };
+  std::vector<Collector> cols(opt.collect.size());
+  for (std::size_t c = 0; c < cols.size(); ++c) {
+    const Target t = parse_target("udp://" + opt.collect[c]);
+    cols[c].fd = socket(t.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    cols[c].counted_only = c > 0 && !opt.read_all;
+    int big = cols[c].counted_only ? 0 : 32 << 20;  // 0: the kernel's minimum, a few datagrams
+    if (cols[c].fd < 0) fail(std::string("collector socket: ") + std::strerror(errno));
+    if (setsockopt(cols[c].fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big) < 0)
+      setsockopt(cols[c].fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);  // not root: what rmem_max allows
+    if (bind(cols[c].fd, reinterpret_cast<const sockaddr*>(&t.addr), t.len) < 0)
+      fail("collector bind " + opt.collect[c] + ": " + std::strerror(errno));
+  }
+  std::vector<int> senders(opt.connections);
+  for (auto& fd : senders) {
+    fd = open_socket(opt.target, false);
+    if (fd < 0 || connect(fd, reinterpret_cast<const sockaddr*>(&opt.target.addr), opt.target.len) < 0)
+      fail(std::string("udp socket: ") + std::strerror(errno));
+  }
+
+  const std::size_t size = opt.size;
+  const char* tail = pattern().data();
+  std::vector<char> out(kBatch * size);
+  std::array<iovec, kBatch> out_iov{};
+  std::array<mmsghdr, kBatch> out_msgs{};
+  for (std::size_t i = 0; i < kBatch; ++i) {
+    char* d = out.data() + i * size;
+    std::memcpy(d, kMagic, 8);
+    std::memcpy(d + 24, tail, size - 24);
+    out_iov[i] = {d, size};
+    out_msgs[i].msg_hdr.msg_iov = &out_iov[i];
+    out_msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  std::uint64_t seq = 0;
+  const auto fill = [&](std::size_t n, std::uint64_t now) {
+    for (std::size_t i = 0; i < n; ++i) {
+      char* d = out.data() + i * size;
+      const std::uint64_t q = seq + i;
+      std::memcpy(d + 8, &q, 8);
+      std::memcpy(d + 16, &now, 8);
+    }
+  };
+  std::vector<char> in(kRecvBatch * (size + 1));
+  std::array<iovec, kRecvBatch> in_iov{};
+  std::array<mmsghdr, kRecvBatch> in_msgs{};
+
+  Clock clock;
+  clock.warmup = opt.warmup_ns;
+  clock.duration = opt.duration_ns;
+  Stats stats;
+  const auto in_window = [&](std::uint64_t t) {
+    const std::uint64_t s0 = clock.start.load(std::memory_order_relaxed);
+    return s0 != 0 && t >= clock.measure_start() && t < clock.measure_end();
+  };
+  // Drains collector c; returns how many copies it read.
+  const auto drain = [&](Collector& col) {
+    std::size_t total = 0;
+    for (int round = 0; round < 8; ++round) {
+      for (std::size_t i = 0; i < kRecvBatch; ++i) {
+        in_iov[i] = {in.data() + i * (size + 1), size + 1};
+        in_msgs[i].msg_hdr = {};
+        in_msgs[i].msg_hdr.msg_iov = &in_iov[i];
+        in_msgs[i].msg_hdr.msg_iovlen = 1;
+      }
+      const int n = recvmmsg(col.fd, in_msgs.data(), kRecvBatch, MSG_DONTWAIT, nullptr);
+      if (n <= 0) break;
+      const std::uint64_t now = now_ns();
+      const bool counted = in_window(now);
+      for (int i = 0; i < n; ++i) {
+        const char* d = static_cast<const char*>(in_iov[static_cast<std::size_t>(i)].iov_base);
+        const std::size_t len = in_msgs[static_cast<std::size_t>(i)].msg_len;
+        ++col.got;
+        if (!counted) continue;
+        ++col.got_window;
+        col.bytes_window += len;
+        std::uint64_t sent_at = 0;
+        if (len != size || std::memcmp(d, kMagic, 8) != 0 || std::memcmp(d + 24, tail, size - 24) != 0) {
+          ++stats.mismatches;
+          continue;
+        }
+        std::memcpy(&sent_at, d + 16, 8);
+        if (&col == &cols[0] && sent_at <= now) stats.latency.record(now - sent_at);
+      }
+      total += static_cast<std::size_t>(n);
+      if (static_cast<std::size_t>(n) < kRecvBatch) break;
+    }
+    return total;
+  };
+
+  // Setup: one datagram every 10 ms until each collector has a copy (the server is up and
+  // sends to all of them), then a quiet moment so the probes do not count.
+  const std::uint64_t deadline = now_ns() + opt.connect_timeout_ns;
+  for (bool all = false; !all;) {
+    if (now_ns() > deadline) fail("the collectors got no copies: is the server mirroring to --collect?");
+    fill(1, now_ns());
+    if (send(senders[0], out.data(), size, 0) < 0 && errno != EAGAIN && errno != ECONNREFUSED)
+      fail(std::string("send: ") + std::strerror(errno));
+    ++seq;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    all = true;
+    for (auto& c : cols) {
+      drain(c);
+      all = all && c.got > 0;
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (auto& c : cols) drain(c);
+  // --window: datagrams the first collector never got (dropped by the server) would close
+  // the window for good; after --loss-timeout without progress they are written off.
+  std::uint64_t written_off = seq - std::min(seq, cols[0].got);
+  std::uint64_t progress_at = now_ns();
+  std::uint64_t last_got = cols[0].got;
+  CpuSampler cpu(opt.server_pid, clock);
+  clock.start.store(now_ns(), std::memory_order_release);
+  bool window_started = false;
+  std::uint64_t sent_window = 0;
+  std::vector<pollfd> wait_fds;
+  for (auto& c : cols) wait_fds.push_back({c.fd, POLLIN, 0});
+  for (;;) {
+    std::uint64_t now = now_ns();
+    if (now >= clock.measure_end()) break;
+    if (!window_started && now >= clock.measure_start()) {
+      window_started = true;
+      for (auto& c : cols) c.drops_at_start = drops(c.fd);
+    }
+    bool sent_any = false;
+    if (cols[0].got != last_got) last_got = cols[0].got, progress_at = now;
+    if (opt.window && now - progress_at > opt.loss_timeout_ns) {
+      written_off = seq - std::min(seq, cols[0].got);
+      progress_at = now;
+    }
+    for (int fd : senders) {
+      const std::uint64_t ahead = seq - std::min(seq, cols[0].got + written_off);
+      if (opt.window && ahead >= opt.window) break;
+      const std::size_t n = opt.window ? std::min<std::uint64_t>(kBatch, opt.window - ahead) : kBatch;
+      fill(n, now);
+      const int r = sendmmsg(fd, out_msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT);
+      if (r > 0) {
+        seq += static_cast<std::uint64_t>(r);
+        if (in_window(now)) sent_window += static_cast<std::uint64_t>(r);
+        sent_any = true;
+      } else if (r < 0 && errno != EAGAIN && errno != ENOBUFS && in_window(now)) {
+        ++stats.errors;  // ECONNREFUSED: nothing listens at the target
+      }
+    }
+    std::size_t got = 0;
+    for (auto& c : cols)
+      if (!c.counted_only) got += drain(c);
+    if (!sent_any && got == 0) poll(wait_fds.data(), 1, 1);
+    stats.progress.store(cols[0].got_window, std::memory_order_relaxed);
+  }
+  const std::uint64_t from = clock.measure_start();
+  const std::uint64_t to = clock.measure_end();
+  opt.duration_ns = to > from ? to - from : 0;
+  cpu.join();
+  std::uint64_t collector_drops = 0;
+  std::uint64_t delivered = 0;
+  std::string per;
+  const double secs = static_cast<double>(opt.duration_ns) / 1e9;
+  for (auto& c : cols) {
+    const std::uint32_t dropped = drops(c.fd) - c.drops_at_start;
+    if (c.counted_only) {
+      // Every copy that arrived in the window overflowed the tiny buffer, but for the few
+      // queued in it when the window opened or closed (within a handful either way).
+      c.got_window = dropped;
+      c.bytes_window = static_cast<std::uint64_t>(dropped) * size;
+    } else {
+      collector_drops += dropped;
+    }
+    delivered += c.got_window;
+    if (c.got_window < sent_window) stats.lost += sent_window - c.got_window;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.1f", per.empty() ? "" : ",", secs > 0 ? static_cast<double>(c.got_window) / secs : 0);
+    per += buf;
+    close(c.fd);
+  }
+  for (int fd : senders) close(fd);
+  stats.requests = cols[0].got_window;
+  stats.bytes = cols[0].bytes_window;
+  const double rate = secs > 0 ? static_cast<double>(stats.requests) / secs : 0;
+  std::printf(
+      "{\"mode\":\"mirror\",\"target\":\"%s\",\"framing\":\"raw\",\"connections\":%zu,\"size\":%zu,\"duration_s\":%.3f,"
+      "\"requests\":%" PRIu64 ",\"req_per_s\":%.1f,\"mb_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
+      "\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"lost\":%" PRIu64
+      ",\"connects\":0,\"reconnects\":0,\"resent\":0,\"collectors\":%zu,\"window\":%zu,\"sent\":%" PRIu64
+      ",\"sent_per_s\":%.1f,\"delivered_total\":%" PRIu64 ",\"delivered_per_s_total\":%.1f,\"per_collector_per_s\":[%s],"
+      "\"collector_drops\":%" PRIu64 "%s}\n",
+      opt.target.text.c_str(), opt.connections, size, secs, stats.requests, rate,
+      secs > 0 ? static_cast<double>(stats.bytes) / secs / 1e6 : 0, static_cast<double>(stats.latency.quantile(0.50)) / 1e3,
+      static_cast<double>(stats.latency.quantile(0.99)) / 1e3, static_cast<double>(stats.latency.quantile(0.999)) / 1e3,
+      stats.errors, stats.mismatches, stats.lost, cols.size(), opt.window, sent_window,
+      secs > 0 ? static_cast<double>(sent_window) / secs : 0, delivered, secs > 0 ? static_cast<double>(delivered) / secs : 0,
+      per.c_str(), collector_drops, cpu_fields(opt, stats, &cpu).c_str());
+  std::fflush(stdout);
+  return stats.errors + stats.mismatches > 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1355,6 +1611,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop.sa_mask);
   sigaction(SIGINT, &stop, nullptr);
   sigaction(SIGTERM, &stop, nullptr);
+  if (opt.mode == Mode::Mirror) return run_mirror(opt);
 
   const BulkStream stream = opt.mode == Mode::Bulk ? make_bulk_stream(opt.framing, opt.line_size) : BulkStream{};
   Clock clock;
