@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -34,6 +35,7 @@
 #include "upstream/resolver.hpp"
 #include "relay/tcp_relay.hpp"
 #include "udp/udp_echo.hpp"
+#include "udp/udp_mirror.hpp"
 #include "udp/udp_relay.hpp"
 #include "version.hpp"
 
@@ -127,9 +129,9 @@ struct App::Impl {
   WorkerPool pool;
   std::vector<listen::OpenListener> listeners;
   std::vector<std::unique_ptr<listen::StreamAcceptor>> acceptors;
-  std::unique_ptr<upstream::Resolver> resolver;  // only when some listener relays
+  std::unique_ptr<upstream::Resolver> resolver;  // only when some listener relays, or mirrors to a name
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
-  std::vector<std::unique_ptr<udp::EchoServer>> udp_servers;
+  std::vector<std::unique_ptr<udp::DatagramServer>> udp_servers;  // echo and mirror, on the workers
   std::vector<listen::OpenListener*> udp_server_listeners;  // udp_servers[i] serves udp_server_listeners[i]
   std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
   std::unique_ptr<admin::Server> admin_server;
@@ -187,7 +189,11 @@ void App::Impl::start_serving() {
   for (auto& w : workers) loops.push_back({&w->ctx, &w->poller});
   std::size_t index = 0;
   for (const auto& spec : config.listeners) {
-    if (spec.handler == config::Handler::Relay && !resolver) resolver = std::make_unique<upstream::Resolver>(config.resolver);
+    const bool names = std::any_of(spec.upstreams.begin(), spec.upstreams.end(),
+                                   [](const net::Endpoint& e) { return !e.is_unix() && !e.is_ip_literal(); });
+    if ((spec.handler == config::Handler::Relay || (spec.handler == config::Handler::Mirror && names)) && !resolver) {
+      resolver = std::make_unique<upstream::Resolver>(config.resolver);
+    }
   }
   // Every listening address is known before any serves: the UDP loop checks and the
   // relays' self-dial check read it (net/own_listeners.hpp).
@@ -239,7 +245,12 @@ void App::Impl::start_serving() {
         server->start();
         udp_relays.push_back(std::move(server));
       } else {
-        auto server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters, loops);
+        std::unique_ptr<udp::DatagramServer> server;
+        if (spec.handler == config::Handler::Mirror) {
+          server = std::make_unique<udp::MirrorServer>(spec, std::move(fds), metrics, loops, resolver.get(), control);
+        } else {
+          server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters, loops);
+        }
         server->start();
         udp_servers.push_back(std::move(server));
         udp_server_listeners.push_back(&open);

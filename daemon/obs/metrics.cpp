@@ -24,6 +24,7 @@ std::string_view to_string(Refuse r) {
     case Refuse::DeniedPort: return "denied_port";
     case Refuse::SelfLoop: return "self_loop";
     case Refuse::IdleTimeout: return "idle_timeout";
+    case Refuse::SourceNotAllowed: return "source_not_allowed";
     case Refuse::Count: break;
   }
   return "unknown";
@@ -36,6 +37,8 @@ std::string_view to_string(Drop d) {
     case Drop::DeniedPort: return "denied_port";
     case Drop::Truncated: return "truncated";
     case Drop::SendFailed: return "send_failed";
+    case Drop::SourceNotAllowed: return "source_not_allowed";
+    case Drop::UpstreamBusy: return "upstream_busy";
     case Drop::Count: break;
   }
   return "unknown";
@@ -59,7 +62,7 @@ std::string_view to_string(UpstreamError e) {
 namespace {
 
 constexpr std::uint64_t kLedgerMagic = 0x6563686f'6c656467ULL;  // "echoledg"
-constexpr std::uint32_t kLedgerLayout = 1;
+constexpr std::uint32_t kLedgerLayout = 2;
 constexpr std::uint32_t kLedgerSlots = 256;
 constexpr std::size_t kSlotName = 120;
 
@@ -82,6 +85,13 @@ struct LedgerHeader {
   Counter restart_failures;
   LedgerSlot slots[kLedgerSlots];
 };
+
+namespace {
+
+// A mirror upstream's slot: listener names cannot hold a tab, so no listener's collides.
+std::string ledger_key(const ListenerCounters& l) { return l.upstream.empty() ? l.name : l.name + "\t" + l.upstream; }
+
+}  // namespace
 
 struct Registry::Ledger {
   os::SharedMemory memory;                  // empty when memfd_create failed
@@ -176,7 +186,7 @@ bool Registry::adopt_ledger(int fd, std::string& error) {
 void Registry::fold_into_ledger() {
   std::lock_guard lock(mutex_);
   for (auto& l : listeners_) {
-    LedgerSlot* slot = ledger_->find(l.name, true);
+    LedgerSlot* slot = ledger_->find(ledger_key(l), true);
     if (!slot) continue;  // the ledger is full: this process's counts stay its own
     std::size_t i = 0;
     l.for_each_counter([&](Counter& c) {
@@ -188,19 +198,22 @@ void Registry::fold_into_ledger() {
   }
 }
 
-ListenerCounters& Registry::listener(const std::string& name) {
+ListenerCounters& Registry::listener(const std::string& name) { return upstream(name, {}); }
+
+ListenerCounters& Registry::upstream(const std::string& listener, const std::string& upstream) {
   std::lock_guard lock(mutex_);
   for (auto& l : listeners_) {
-    if (l.name == name) return l;
+    if (l.name == listener && l.upstream == upstream) return l;
   }
-  return listeners_.emplace_back(name);
+  return listeners_.emplace_back(listener, upstream);
 }
 
 namespace {
 
 std::uint64_t load(const Counter& c) { return c.load(std::memory_order_relaxed); }
 
-// Label values are listener names, which config restricts to [A-Za-z0-9_.-]; nothing
+// Label values are listener names, which config restricts to [A-Za-z0-9_.-], and
+// upstreams as parsed (IP literals, host names, ports, brackets); nothing
 // needs escaping.
 void family(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
   fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
@@ -215,14 +228,14 @@ std::string Registry::render_prometheus() const {
   std::deque<ListenerCounters> exported;
   for (auto& own : listeners_) {
     std::array<std::uint64_t, ListenerCounters::kCounterCount> totals{};
-    ledger_->add_totals(own.name, totals);
+    ledger_->add_totals(ledger_key(own), totals);
     auto& live = const_cast<ListenerCounters&>(own);  // read-only: for_each_counter is not const
     std::size_t i = 0;
     live.for_each_counter([&](Counter& c) {
       totals[i] += c.load(std::memory_order_relaxed) - own.folded[i];
       ++i;
     });
-    auto& out = exported.emplace_back(own.name);
+    auto& out = exported.emplace_back(own.name, own.upstream);
     i = 0;
     out.for_each_counter([&](Counter& c) { c.store(totals[i++], std::memory_order_relaxed); });
     out.connections_active.store(own.connections_active.load(std::memory_order_relaxed));
@@ -232,6 +245,7 @@ std::string Registry::render_prometheus() const {
   auto per_listener = [&](std::string_view name, std::string_view type, std::string_view help, auto get) {
     family(out, name, type, help);
     for (const auto& l : exported) {
+      if (!l.upstream.empty()) continue;
       fmt::format_to(std::back_inserter(out), "{}{{listener=\"{}\"}} {}\n", name, l.name, get(l));
     }
   };
@@ -255,13 +269,22 @@ std::string Registry::render_prometheus() const {
 
   family(out, "echorelay_datagrams_dropped_total", "counter", "Datagrams dropped, by reason.");
   for (const auto& l : exported) {
+    if (!l.upstream.empty()) {
+      const auto busy = static_cast<unsigned>(Drop::UpstreamBusy);
+      fmt::format_to(std::back_inserter(out),
+                     "echorelay_datagrams_dropped_total{{listener=\"{}\",reason=\"{}\",upstream=\"{}\"}} {}\n", l.name,
+                     to_string(Drop::UpstreamBusy), l.upstream, load(l.dropped[busy]));
+      continue;
+    }
     for (unsigned i = 0; i < static_cast<unsigned>(Drop::Count); ++i) {
+      if (static_cast<Drop>(i) == Drop::UpstreamBusy) continue;  // per upstream, above
       fmt::format_to(std::back_inserter(out), "echorelay_datagrams_dropped_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
                      l.name, to_string(static_cast<Drop>(i)), load(l.dropped[i]));
     }
   }
   family(out, "echorelay_refused_total", "counter", "Connections or requests refused, by reason.");
   for (const auto& l : exported) {
+    if (!l.upstream.empty()) continue;
     for (unsigned i = 0; i < static_cast<unsigned>(Refuse::Count); ++i) {
       fmt::format_to(std::back_inserter(out), "echorelay_refused_total{{listener=\"{}\",reason=\"{}\"}} {}\n", l.name,
                      to_string(static_cast<Refuse>(i)), load(l.refused[i]));
@@ -273,6 +296,7 @@ std::string Registry::render_prometheus() const {
                [](const ListenerCounters& l) { return load(l.upstream_bytes_received); });
   family(out, "echorelay_upstream_errors_total", "counter", "Upstream connect or transfer failures, by class.");
   for (const auto& l : exported) {
+    if (!l.upstream.empty()) continue;
     for (unsigned i = 0; i < static_cast<unsigned>(UpstreamError::Count); ++i) {
       fmt::format_to(std::back_inserter(out), "echorelay_upstream_errors_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
                      l.name, to_string(static_cast<UpstreamError>(i)), load(l.upstream_errors[i]));
@@ -280,6 +304,7 @@ std::string Registry::render_prometheus() const {
   }
   family(out, "echorelay_upstream_connect_seconds", "histogram", "Time to connect to an upstream.");
   for (const auto& l : exported) {
+    if (!l.upstream.empty()) continue;
     std::uint64_t cumulative = 0;
     for (std::size_t i = 0; i <= kConnectBuckets.size(); ++i) {
       cumulative += load(l.connect_buckets[i]);
@@ -300,6 +325,23 @@ std::string Registry::render_prometheus() const {
   per_listener("echorelay_udp_sessions_expired_total", "counter",
                "UDP relay sessions closed after session_timeout idle.",
                [](const ListenerCounters& l) { return load(l.udp_sessions_expired); });
+  auto per_upstream = [&](std::string_view name, std::string_view help, auto get) {
+    family(out, name, "counter", help);
+    for (const auto& l : exported) {
+      if (l.upstream.empty()) continue;
+      fmt::format_to(std::back_inserter(out), "{}{{listener=\"{}\",upstream=\"{}\"}} {}\n", name, l.name, l.upstream,
+                     get(l));
+    }
+  };
+  per_upstream("echorelay_mirror_datagrams_sent_total", "Datagrams a mirror sent to this upstream.",
+               [](const ListenerCounters& l) { return load(l.datagrams_sent); });
+  per_upstream("echorelay_mirror_bytes_sent_total", "Bytes a mirror sent to this upstream.",
+               [](const ListenerCounters& l) { return load(l.bytes_sent); });
+  per_upstream("echorelay_mirror_sampled_out_total", "Datagrams not sent to this upstream because of its sample.",
+               [](const ListenerCounters& l) { return load(l.sampled_out); });
+  per_upstream("echorelay_mirror_errors_total",
+               "Errors on this upstream's socket (ICMP unreachable, unresolved name); the datagram is lost.",
+               [](const ListenerCounters& l) { return load(l.mirror_errors); });
   family(out, "echorelay_restarts_total", "counter", "Hot restarts handed over to a successor.");
   fmt::format_to(std::back_inserter(out), "echorelay_restarts_total {}\n", load(ledger_->header->restarts));
   family(out, "echorelay_restart_failures_total", "counter", "Hot restarts that failed; the old process kept serving.");

@@ -26,6 +26,7 @@ enum class Refuse : unsigned {
   DeniedPort,
   SelfLoop,     // a relay upstream that is one of this daemon's own relay listeners
   IdleTimeout,  // a relayed connection quiet both ways for `idle_timeout`
+  SourceNotAllowed,  // a datagram from outside the listener's allow_sources
   Count
 };
 std::string_view to_string(Refuse);
@@ -38,15 +39,29 @@ std::string_view to_string(UpstreamError);
 inline constexpr std::array<double, 12> kConnectBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                            0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
 
-enum class Drop : unsigned { QueueFull, RateLimited, DeniedPort, Truncated, SendFailed, Count };
+// UpstreamBusy is counted per mirror upstream only (its block's label says which).
+enum class Drop : unsigned {
+  QueueFull,
+  RateLimited,
+  DeniedPort,
+  Truncated,
+  SendFailed,
+  SourceNotAllowed,
+  UpstreamBusy,
+  Count
+};
 std::string_view to_string(Drop);
 
 using Counter = std::atomic<std::uint64_t>;
 using Gauge = std::atomic<std::int64_t>;
 
+// A listener's block, or (with `upstream` set) one mirror upstream's of that listener:
+// both live in the registry and the ledger, so both carry over a hot restart.
 struct ListenerCounters {
-  explicit ListenerCounters(std::string listener_name) : name(std::move(listener_name)) {}
-  const std::string name;
+  explicit ListenerCounters(std::string listener_name, std::string upstream_label = {})
+      : name(std::move(listener_name)), upstream(std::move(upstream_label)) {}
+  const std::string name;      // the listener
+  const std::string upstream;  // empty for the listener's own block
   Counter connections_accepted{0};
   Gauge connections_active{0};
   Counter requests{0};
@@ -70,13 +85,17 @@ struct ListenerCounters {
   Gauge udp_sessions_active{0};
   Counter udp_sessions_evicted{0};  // closed for max_sessions
   Counter udp_sessions_expired{0};  // closed after session_timeout idle
+  // mirror upstream blocks (datagrams_sent, bytes_sent and dropped[UpstreamBusy] too)
+  Counter sampled_out{0};    // not sent to this upstream because of its `sample`
+  Counter mirror_errors{0};  // ICMP errors reported on its socket, unresolved name
 
   // Every counter (not the gauges) in a fixed order: the layout of a ledger slot.
   template <class F>
   void for_each_counter(F&& f) {
     for (Counter* c : {&connections_accepted, &requests, &bytes_received, &bytes_sent, &datagrams_received,
                        &datagrams_sent, &accept_errors, &connect_count, &connect_micros, &upstream_bytes_sent,
-                       &upstream_bytes_received, &udp_sessions_evicted, &udp_sessions_expired}) {
+                       &upstream_bytes_received, &udp_sessions_evicted, &udp_sessions_expired, &sampled_out,
+                       &mirror_errors}) {
       f(*c);
     }
     for (auto& c : dropped) f(c);
@@ -84,7 +103,7 @@ struct ListenerCounters {
     for (auto& c : upstream_errors) f(c);
     for (auto& c : connect_buckets) f(c);
   }
-  static constexpr std::size_t kCounterCount = 13 + static_cast<std::size_t>(Drop::Count) +
+  static constexpr std::size_t kCounterCount = 15 + static_cast<std::size_t>(Drop::Count) +
                                                static_cast<std::size_t>(Refuse::Count) +
                                                static_cast<std::size_t>(UpstreamError::Count) +
                                                kConnectBuckets.size() + 1;
@@ -121,6 +140,8 @@ class Registry {
   // Returns the block for `name`, creating it once; the reference stays valid for the
   // registry's lifetime (blocks are never moved).
   ListenerCounters& listener(const std::string& name);
+  // The block of one mirror upstream (`upstream` as written in the config).
+  ListenerCounters& upstream(const std::string& listener, const std::string& upstream);
   Counter& restarts() const;          // echorelay_restarts_total (lives in the ledger)
   Counter& restart_failures() const;  // echorelay_restart_failures_total (likewise)
   Gauge connections_active_total{0};

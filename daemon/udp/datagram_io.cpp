@@ -141,7 +141,18 @@ void SourcePolicy::set_rate(std::uint32_t datagrams_per_second) {
   limiter = datagrams_per_second != 0 ? std::make_unique<SourceLimiter>(datagrams_per_second) : nullptr;
 }
 
+void SourcePolicy::configure(const config::Listener& listener) {
+  allowed = listener.allow_sources;
+  for (auto port : listener.deny_source_ports) denied_ports.set(port);
+  set_rate(listener.rate_limit);
+}
+
 bool SourcePolicy::admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const {
+  if (!net::admitted_by(allowed, from)) {
+    counters.drop(obs::Drop::SourceNotAllowed);
+    counters.refuse(obs::Refuse::SourceNotAllowed);
+    return false;
+  }
   if (denied_ports.test(source_port(from))) {
     counters.drop(obs::Drop::DeniedPort);
     counters.refuse(obs::Refuse::DeniedPort);

@@ -21,6 +21,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "config/config.hpp"
+#include "net/cidr.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::udp {
@@ -110,13 +112,17 @@ class SourceLimiter {
   Clock::time_point next_sweep_{};
 };
 
-// The client checks both servers apply before a datagram is served: a denied source
-// port, then the per-source rate (0 = off). A refusal bumps the drop and refuse
-// counters. One per listener; any of its reader threads may call admit().
+// The client checks every UDP server applies before a datagram is served: a source
+// outside allow_sources, a denied source port, then the per-source rate (0 = off). A
+// refusal bumps the drop and refuse counters. One per listener; any of its readers may
+// call admit().
 struct SourcePolicy {
+  std::vector<net::Cidr> allowed;  // empty = every source
   std::bitset<65536> denied_ports;
   std::unique_ptr<SourceLimiter> limiter;  // none when rate_limit is 0 (off)
 
+  // allow_sources, deny_source_ports and rate_limit of `listener`.
+  void configure(const config::Listener& listener);
   void set_rate(std::uint32_t datagrams_per_second);
   bool limits_rate() const { return limiter != nullptr; }
   bool admit(const sockaddr_storage& from, Clock::time_point now, obs::ListenerCounters& counters) const;

@@ -12,10 +12,11 @@
 #include "config/config.hpp"
 #include "net/poller.hpp"
 #include "obs/metrics.hpp"
+#include "udp/datagram_server.hpp"
 
 namespace echorelay::udp {
 
-class EchoServer {
+class EchoServer final : public DatagramServer {
  public:
   // `sockets`: bound, non-blocking datagram sockets of this listener (one unless
   // `sockets` > 1 with SO_REUSEPORT). The server does not close them: the caller keeps
@@ -29,15 +30,10 @@ class EchoServer {
   EchoServer(const EchoServer&) = delete;
   EchoServer& operator=(const EchoServer&) = delete;
 
-  // Registers every socket with its workers' pollers. Call before the loops run (it
-  // touches the pollers directly); throws std::system_error when the kernel refuses.
-  void start();
-  // Every worker lets go of the sockets on its own loop, after answering, when
-  // `sweep_sockets`, what the sockets hold (bounded): a process closing them for good
-  // (SIGTERM) is the last to read those datagrams. `stopped` runs once, on the last
-  // worker's thread, when no loop touches the sockets any more: then they may close.
-  // Any thread; later calls do nothing.
-  void stop(bool sweep_sockets, std::function<void()> stopped);
+  // See DatagramServer. A process closing the sockets for good (SIGTERM) sweeps: it is
+  // the last to read what they hold.
+  void start() override;
+  void stop(bool sweep_sockets, std::function<void()> stopped) override;
 
  private:
   struct Impl;

@@ -390,8 +390,7 @@ struct RelayServer::Impl {
         pool_(listener.upstreams, listener.balance),
         book_(listener.upstreams, resolver, listener.name),
         seed_(std::random_device{}()) {
-    for (auto port : listener.deny_source_ports) policy_.denied_ports.set(port);
-    policy_.set_rate(listener.rate_limit);
+    policy_.configure(listener);
     if (listener.source_address) {
       auto sa = net::to_sockaddr(*listener.source_address);
       if (sa) source_address_ = *sa;

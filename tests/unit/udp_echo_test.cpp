@@ -63,42 +63,6 @@ config::Listener udp_listener(unsigned workers = 2) {
   return l;
 }
 
-// The daemon's workers in miniature: loops of an io_context and a Poller, each on its
-// own thread once run() is called.
-class Loops {
- public:
-  explicit Loops(unsigned count) {
-    for (unsigned i = 0; i < count; ++i) loops_.push_back(std::make_unique<Loop>());
-  }
-  ~Loops() {
-    for (auto& l : loops_) {
-      l->ctx.stop();
-      if (l->thread.joinable()) l->thread.join();
-    }
-  }
-  std::vector<net::LoopRef> refs() {
-    std::vector<net::LoopRef> out;
-    for (auto& l : loops_) out.push_back({&l->ctx, &l->poller});
-    return out;
-  }
-  void run() {
-    for (auto& l : loops_) {
-      l->thread = std::thread([&ctx = l->ctx] {
-        auto busy = boost::asio::make_work_guard(ctx);
-        ctx.run();
-      });
-    }
-  }
-
- private:
-  struct Loop {
-    boost::asio::io_context ctx{1};
-    net::Poller poller{ctx};
-    std::thread thread;
-  };
-  std::vector<std::unique_ptr<Loop>> loops_;
-};
-
 // An EchoServer started on two worker loops of its own (running unless `run` is false);
 // stop() returns once every worker has let go of the sockets.
 struct ServedEcho {

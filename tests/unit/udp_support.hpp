@@ -10,15 +10,22 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
 #include <optional>
 #include <string>
 
 #include "net/fd.hpp"
+#include "net/poller.hpp"
 #include "obs/metrics.hpp"
 
 namespace echorelay::udp::test_support {
@@ -136,5 +143,41 @@ inline net::Fd loopback_multicast_sender() {
   EXPECT_EQ(setsockopt(fd.get(), IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop), 0);
   return fd;
 }
+
+// The daemon's workers in miniature: loops of an io_context and a Poller, each on its
+// own thread once run() is called.
+class Loops {
+ public:
+  explicit Loops(unsigned count) {
+    for (unsigned i = 0; i < count; ++i) loops_.push_back(std::make_unique<Loop>());
+  }
+  ~Loops() {
+    for (auto& l : loops_) {
+      l->ctx.stop();
+      if (l->thread.joinable()) l->thread.join();
+    }
+  }
+  std::vector<net::LoopRef> refs() {
+    std::vector<net::LoopRef> out;
+    for (auto& l : loops_) out.push_back({&l->ctx, &l->poller});
+    return out;
+  }
+  void run() {
+    for (auto& l : loops_) {
+      l->thread = std::thread([&ctx = l->ctx] {
+        auto busy = boost::asio::make_work_guard(ctx);
+        ctx.run();
+      });
+    }
+  }
+
+ private:
+  struct Loop {
+    boost::asio::io_context ctx{1};
+    net::Poller poller{ctx};
+    std::thread thread;
+  };
+  std::vector<std::unique_ptr<Loop>> loops_;
+};
 
 }  // namespace echorelay::udp::test_support

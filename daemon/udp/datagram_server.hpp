@@ -1,0 +1,21 @@
+// What App asks of a datagram listener's server (echo, mirror): start on the workers,
+// and let go of the sockets when the drain or a handover says so.
+#pragma once
+
+#include <functional>
+
+namespace echorelay::udp {
+
+class DatagramServer {
+ public:
+  virtual ~DatagramServer() = default;
+  // Before the worker loops run; throws when the kernel refuses (names the listener).
+  virtual void start() = 0;
+  // Every worker lets go of the sockets on its own loop, after serving, when `sweep`,
+  // what the sockets hold (bounded). `stopped` runs once, on the last worker's thread,
+  // when no loop touches the sockets any more: then they may close. Later calls do
+  // nothing.
+  virtual void stop(bool sweep, std::function<void()> stopped) = 0;
+};
+
+}  // namespace echorelay::udp
