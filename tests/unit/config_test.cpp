@@ -1355,5 +1355,28 @@ address = "127.0.0.1:7007"
 )");
 }
 
+// The shipped file's commented-out NetFlow mirror is valid once its "# " is removed.
+TEST(ConfigMirror, ShippedNetflowExampleIsValidUncommented) {
+  std::ifstream in(ECHORELAY_SOURCE_DIR "/config/echorelay.toml");
+  ASSERT_TRUE(in);
+  std::string text = "[admin]\n";
+  bool inside = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line == "# [[listener]]") inside = true;
+    if (!inside) continue;
+    if (line.rfind("# ", 0) != 0) break;
+    text += line.substr(2) + "\n";
+  }
+  Config c = valid(text);
+  ASSERT_EQ(c.listeners.size(), 1U);
+  const Listener& l = c.listeners[0];
+  EXPECT_EQ(l.name, "netflow");
+  EXPECT_EQ(l.handler, Handler::Mirror);
+  EXPECT_EQ(l.endpoint.to_string(), "[::]:2055");
+  ASSERT_EQ(l.upstreams.size(), 2U);
+  EXPECT_EQ(l.upstreams[1].to_string(), "127.0.0.1:2057");
+  EXPECT_EQ(l.upstream_samples, (std::vector<std::uint32_t>{1, 10}));
+}
+
 }  // namespace
 }  // namespace echorelay::config
