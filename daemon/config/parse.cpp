@@ -39,6 +39,8 @@ const std::vector<std::string_view> kDaemonKeys = {"workers", "drain_timeout", "
 const std::vector<std::string_view> kLogKeys = {"level", "format"};
 const std::vector<std::string_view> kAdminKeys = {"listen", "max_connections"};
 const std::vector<std::string_view> kResolverKeys = {"servers", "timeout", "attempts"};
+// An entry of a mirror's upstreams written as an inline table.
+const std::vector<std::string_view> kUpstreamTableKeys = {"address", "sample"};
 
 // Control bytes are written escaped: a diagnostic is one line, whatever the file holds.
 std::string escaped(std::string_view s) {
@@ -123,7 +125,8 @@ using EnumNames = std::vector<std::pair<std::string_view, E>>;
 
 const EnumNames<Protocol> kProtocols = {
     {"tcp", Protocol::Tcp}, {"udp", Protocol::Udp}, {"unix", Protocol::Unix}, {"multicast", Protocol::Multicast}};
-const EnumNames<Handler> kHandlers = {{"echo", Handler::Echo}, {"relay", Handler::Relay}};
+const EnumNames<Handler> kHandlers = {
+    {"echo", Handler::Echo}, {"relay", Handler::Relay}, {"mirror", Handler::Mirror}};
 const EnumNames<Framing> kFramings = {
     {"line", Framing::Line}, {"length-prefixed", Framing::LengthPrefixed}, {"raw", Framing::Raw}};
 const EnumNames<Balance> kBalances = {{"round-robin", Balance::RoundRobin},
@@ -146,8 +149,12 @@ constexpr unsigned kUnix = 1U << static_cast<unsigned>(Protocol::Unix);
 constexpr unsigned kMcast = 1U << static_cast<unsigned>(Protocol::Multicast);
 constexpr unsigned kAnyProtocol = kTcp | kUdp | kUnix | kMcast;
 
-// Which handler a listener key belongs to; the protocol side is a bit mask.
-enum class Scope { AnyHandler, Echo, Relay };
+// Which handlers a listener key belongs to, a bit mask like the protocols.
+unsigned handler_bit(Handler h) { return 1U << static_cast<unsigned>(h); }
+constexpr unsigned kEcho = 1U << static_cast<unsigned>(Handler::Echo);
+constexpr unsigned kRelay = 1U << static_cast<unsigned>(Handler::Relay);
+constexpr unsigned kMirror = 1U << static_cast<unsigned>(Handler::Mirror);
+constexpr unsigned kAnyHandler = kEcho | kRelay | kMirror;
 
 // ---- address identity, for binds that collide and relays that reach themselves
 
@@ -206,18 +213,10 @@ bool binds_collide(const Listener& a, const Listener& b) {
   return covers(a, *ia, *ib) || covers(b, *ib, *ia);
 }
 
-// Whether a relay listener `relay` dialing `upstream` lands on `target`, as far as the
-// file alone can tell: literal addresses and "localhost". Names resolved at run time
-// are checked when they resolve (net/own_listeners.hpp).
-bool dial_reaches(const Listener& relay, const Endpoint& upstream, const Listener& target) {
-  if (upstream.is_unix() || target.endpoint.is_unix()) {
-    return upstream.is_unix() && target.endpoint.is_unix() && upstream.kind == target.endpoint.kind &&
-           upstream.path == target.endpoint.path && relay.is_stream() && target.protocol == Protocol::Unix;
-  }
-  const bool stream = relay.is_stream();
-  if (stream ? target.protocol != Protocol::Tcp : target.protocol != Protocol::Udp) return false;
-  if (relay.protocol == Protocol::Multicast) return false;
-  if (upstream.port != target.endpoint.port || target.endpoint.port == 0) return false;
+// Whether a datagram or connection to `upstream` (same port already checked) lands on
+// `target`'s address, as far as the file alone can tell: literal addresses and
+// "localhost". Names resolved at run time are checked when they resolve.
+bool reaches_address(const Endpoint& upstream, const Listener& target) {
   auto t = ip_of(target.endpoint.host);
   if (!t) return false;
   std::vector<Ip> dialed;
@@ -238,12 +237,39 @@ bool dial_reaches(const Listener& relay, const Endpoint& upstream, const Listene
   return false;
 }
 
+// Whether a relay listener `relay` dialing `upstream` lands on `target` (names are
+// checked when they resolve: net/own_listeners.hpp).
+bool dial_reaches(const Listener& relay, const Endpoint& upstream, const Listener& target) {
+  if (upstream.is_unix() || target.endpoint.is_unix()) {
+    return upstream.is_unix() && target.endpoint.is_unix() && upstream.kind == target.endpoint.kind &&
+           upstream.path == target.endpoint.path && relay.is_stream() && target.protocol == Protocol::Unix;
+  }
+  const bool stream = relay.is_stream();
+  if (stream ? target.protocol != Protocol::Tcp : target.protocol != Protocol::Udp) return false;
+  if (relay.protocol == Protocol::Multicast) return false;
+  if (upstream.port != target.endpoint.port || target.endpoint.port == 0) return false;
+  return reaches_address(upstream, target);
+}
+
+// A mirror's copy to `upstream` arrives at `target`: one of this daemon's udp
+// listeners, or a multicast listener whose group it is sent to.
+bool copy_reaches(const Endpoint& upstream, const Listener& target) {
+  if (upstream.is_unix() || target.endpoint.is_unix()) return false;
+  if (target.protocol != Protocol::Udp && target.protocol != Protocol::Multicast) return false;
+  if (upstream.port != target.endpoint.port || target.endpoint.port == 0) return false;
+  return reaches_address(upstream, target);
+}
+
 // What pass 1 learned about one [[listener]] that pass 2 needs: where things
 // were written, and which of the core keys came out valid.
 struct ListenerMeta {
   Position table;
   std::map<std::string, Position, std::less<>> keys;  // key → its value's position
-  std::vector<Position> upstream_positions;  // of the upstreams that parsed
+  // Of the upstreams that parsed, parallel to Listener::upstreams: where each address
+  // was written and its full key (listener["r"].upstreams[2], or ….upstreams[2].address
+  // in a table), which is not upstreams[u] once an earlier entry was refused.
+  std::vector<Position> upstream_positions;
+  std::vector<std::string> upstream_keys;
   std::size_t upstreams_written = 0;
   bool name_ok = false;
   bool address_ok = false;
@@ -441,6 +467,8 @@ struct Parser {
   void read_admin(const toml::table& t, Admin& a);
   void read_resolver(const toml::table& t, Resolver& r);
   void read_listener(const toml::table& t, const std::string& prefix, Listener& l, ListenerMeta& meta);
+  std::optional<Endpoint> upstream_of(const toml::node& n, const std::string& key);
+  void read_upstream(const toml::node& n, const std::string& key, bool tables, Listener& l);
   std::optional<Endpoint> listener_address(const toml::node& n, const std::string& key, Protocol protocol);
   void validate(Config& config);
 
@@ -527,12 +555,74 @@ void Parser::read_resolver(const toml::table& t, Resolver& r) {
   }
 }
 
+// "host:port" (names allowed, resolved later), "[v6]:port", "/path" or "@name".
+std::optional<Endpoint> Parser::upstream_of(const toml::node& n, const std::string& key) {
+  auto s = name_of(n, key);
+  if (!s) return std::nullopt;
+  auto ep = net::parse_endpoint(*s, HostRule::NamesAllowed);
+  if (!ep) {
+    error(n.source().begin, key, ep.error());
+    return std::nullopt;
+  }
+  if (!ep->is_unix() && ep->port == 0) {
+    error(n.source().begin, key, quoted(*s) + ": an upstream needs a port other than 0");
+    return std::nullopt;
+  }
+  return *ep;
+}
 
-// Every listener key but the four core ones, with the protocols and handler it fits.
+// One entry of `upstreams`: a string, or (where `tables`, i.e. for a mirror) an inline
+// table { address = "host:port", sample = N } that sends the upstream 1 datagram in N.
+void Parser::read_upstream(const toml::node& n, const std::string& key, bool tables, Listener& l) {
+  const toml::node* address = &n;
+  std::string address_key = key;
+  std::uint32_t sample = 1;
+  if (auto* t = n.as_table()) {
+    if (!tables) {
+      error(n.source().begin, key, "an upstream table (sample) applies to handler = \"mirror\"");
+      return;
+    }
+    address = nullptr;
+    bool ok = true;
+    for (auto&& [k, v] : *t) {
+      const std::string entry_key = key + "." + std::string(k.str());
+      if (k == "address") {
+        address = &v;
+        address_key = entry_key;
+      } else if (k == "sample") {
+        auto value = int_of(v, entry_key, 1, kUint32Max);
+        ok = ok && value.has_value();
+        set(sample, value);
+      } else {
+        unknown_key(k, entry_key, kUpstreamTableKeys);
+        ok = false;
+      }
+    }
+    if (address == nullptr) {
+      error(n.source().begin, key + ".address", "required key is missing");
+      return;
+    }
+    if (!ok) {
+      upstream_of(*address, address_key);  // its own problems, if any, in the same pass
+      return;
+    }
+  } else if (tables && !n.is_string()) {
+    wrong_type(n, key, "a string or a table { address, sample }");
+    return;
+  }
+  auto ep = upstream_of(*address, address_key);
+  if (!ep) return;
+  l.upstreams.push_back(*ep);
+  l.upstream_samples.push_back(sample);
+  metas_.back().upstream_positions.push_back(address->source().begin);
+  metas_.back().upstream_keys.push_back(address_key);
+}
+
+// Every listener key but the four core ones, with the protocols and handlers it fits.
 struct ListenerKey {
   std::string_view name;
   unsigned protocols;
-  Scope scope;
+  unsigned handlers;
   void (*read)(Parser&, const toml::node&, const std::string&, Listener&);
 };
 
@@ -540,32 +630,32 @@ const std::vector<std::string_view> kCoreListenerKeys = {"name", "protocol", "ad
 
 const ListenerKey kListenerKeys[] = {
     // tcp / unix
-    {"backlog", kTcp | kUnix, Scope::AnyHandler,
+    {"backlog", kTcp | kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.backlog, p.int_of(v, k, 1, 65535)); }},
-    {"reuse_port", kTcp, Scope::AnyHandler,
+    {"reuse_port", kTcp, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.reuse_port, p.bool_of(v, k)); }},
-    {"keepalive", kTcp, Scope::AnyHandler,
+    {"keepalive", kTcp, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.keepalive, p.keepalive_of(v, k)); }},
-    {"nodelay", kTcp, Scope::AnyHandler,
+    {"nodelay", kTcp, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.nodelay, p.bool_of(v, k)); }},
-    {"linger", kTcp, Scope::AnyHandler,
+    {"linger", kTcp, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.linger, p.int_of(v, k, -1, INT_MAX)); }},
     // setsockopt takes an int for the buffer sizes.
-    {"recv_buffer", kTcp | kUdp | kMcast, Scope::AnyHandler,
+    {"recv_buffer", kTcp | kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.recv_buffer, p.size_of(v, k, 0, INT_MAX)); }},
-    {"send_buffer", kTcp | kUdp | kMcast, Scope::AnyHandler,
+    {"send_buffer", kTcp | kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.send_buffer, p.size_of(v, k, 0, INT_MAX)); }},
-    {"max_connections", kTcp | kUnix, Scope::AnyHandler,
+    {"max_connections", kTcp | kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.max_connections, p.int_of(v, k, 0, kInt64Max));
      }},
-    {"v6only", kTcp, Scope::AnyHandler,
+    {"v6only", kTcp, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        auto b = p.bool_of(v, k);
        if (b) l.v6only = *b;
      }},
     // unix
-    {"mode", kUnix, Scope::AnyHandler,
+    {"mode", kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        auto s = p.string_of(v, k);
        if (!s) return;
@@ -582,19 +672,19 @@ const ListenerKey kListenerKeys[] = {
        }
        l.mode = mode;
      }},
-    {"owner", kUnix, Scope::AnyHandler,
+    {"owner", kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.owner, p.name_of(v, k)); }},
-    {"group", kUnix, Scope::AnyHandler,
+    {"group", kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.group, p.name_of(v, k)); }},
     // (uid_t)-1 means "no change" to chown and is never a peer's uid.
-    {"allow_uids", kUnix, Scope::AnyHandler,
+    {"allow_uids", kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        l.allow_uids.clear();
        p.each_element(v, k, "an array of integers", [&](const toml::node& e, const std::string& ek) {
          if (auto id = p.int_of(e, ek, 0, kUint32Max - 1)) l.allow_uids.push_back(static_cast<uid_t>(*id));
        });
      }},
-    {"allow_gids", kUnix, Scope::AnyHandler,
+    {"allow_gids", kUnix, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        l.allow_gids.clear();
        p.each_element(v, k, "an array of integers", [&](const toml::node& e, const std::string& ek) {
@@ -602,17 +692,18 @@ const ListenerKey kListenerKeys[] = {
        });
      }},
     // udp / multicast
-    {"workers", kUdp | kMcast, Scope::AnyHandler,
+    {"workers", kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.workers, p.int_of(v, k, 0, 1024)); }},
-    {"queue", kUdp | kMcast, Scope::AnyHandler,
+    // A mirror has no queue: datagrams wait in the socket's receive buffer (handler_reason).
+    {"queue", kUdp | kMcast, kEcho | kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.queue, p.int_of(v, k, 1, kUint32Max)); }},
-    {"sockets", kUdp | kMcast, Scope::AnyHandler,
+    {"sockets", kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.sockets, p.int_of(v, k, 1, 64)); }},
-    {"max_datagram", kUdp | kMcast, Scope::AnyHandler,
+    {"max_datagram", kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.max_datagram, p.size_of(v, k, 1, 65535)); }},
-    {"rate_limit", kUdp | kMcast, Scope::AnyHandler,
+    {"rate_limit", kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.rate_limit, p.int_of(v, k, 0, kUint32Max)); }},
-    {"deny_source_ports", kUdp | kMcast, Scope::AnyHandler,
+    {"deny_source_ports", kUdp | kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        l.deny_source_ports.clear();
        l.deny_own_ports = false;
@@ -620,8 +711,22 @@ const ListenerKey kListenerKeys[] = {
          if (auto port = p.int_of(e, ek, 0, 65535)) l.deny_source_ports.push_back(static_cast<std::uint16_t>(*port));
        });
      }},
+    {"allow_sources", kUdp | kMcast, kAnyHandler,
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
+       l.allow_sources.clear();
+       p.each_element(v, k, "an array of strings", [&](const toml::node& e, const std::string& ek) {
+         auto s = p.name_of(e, ek);
+         if (!s) return;
+         auto range = net::parse_cidr(*s);
+         if (!range) {
+           p.error(e.source().begin, ek, range.error());
+         } else {
+           l.allow_sources.push_back(*range);
+         }
+       });
+     }},
     // multicast
-    {"interface", kMcast, Scope::AnyHandler,
+    {"interface", kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        auto s = p.name_of(v, k);
        if (s && s->size() > kMaxInterfaceName) {
@@ -630,57 +735,50 @@ const ListenerKey kListenerKeys[] = {
        }
        p.set(l.interface, s);
      }},
-    {"ttl", kMcast, Scope::AnyHandler,
+    {"ttl", kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.ttl, p.int_of(v, k, 0, 255)); }},
-    {"loopback", kMcast, Scope::AnyHandler,
+    {"loopback", kMcast, kAnyHandler,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.loopback, p.bool_of(v, k)); }},
     // echo on tcp / unix
-    {"framing", kTcp | kUnix, Scope::Echo,
+    {"framing", kTcp | kUnix, kEcho,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.framing, p.enum_of(v, k, kFramings)); }},
-    {"max_frame", kTcp | kUnix, Scope::Echo,
+    {"max_frame", kTcp | kUnix, kEcho,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.max_frame, p.size_of(v, k, 1, kGiB)); }},
-    {"read_timeout", kTcp | kUnix, Scope::Echo,
+    {"read_timeout", kTcp | kUnix, kEcho,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.read_timeout, p.duration_of(v, k)); }},
-    {"write_timeout", kTcp | kUnix, Scope::Echo,
+    {"write_timeout", kTcp | kUnix, kEcho,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.write_timeout, p.duration_of(v, k)); }},
-    {"request_timeout", kTcp | kUnix, Scope::Echo,
+    {"request_timeout", kTcp | kUnix, kEcho,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.request_timeout, p.duration_of(v, k)); }},
     // relay
-    {"upstreams", kAnyProtocol, Scope::Relay,
+    // Strings for every handler; a mirror's entry may also be { address = "host:port", sample = N }.
+    {"upstreams", kAnyProtocol, kRelay | kMirror,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        l.upstreams.clear();
+       l.upstream_samples.clear();
        if (auto* array = v.as_array()) p.metas_.back().upstreams_written = array->size();
-       p.each_element(v, k, "an array of strings", [&](const toml::node& e, const std::string& ek) {
-         auto s = p.name_of(e, ek);
-         if (!s) return;
-         auto ep = net::parse_endpoint(*s, HostRule::NamesAllowed);
-         if (!ep) {
-           p.error(e.source().begin, ek, ep.error());
-         } else if (!ep->is_unix() && ep->port == 0) {
-           p.error(e.source().begin, ek, quoted(*s) + ": an upstream needs a port other than 0");
-         } else {
-           l.upstreams.push_back(*ep);
-           p.metas_.back().upstream_positions.push_back(e.source().begin);
-         }
-       });
+       // A listener whose handler is in doubt (already reported) takes either form quietly.
+       const bool tables = l.handler == Handler::Mirror || !p.metas_.back().handler_ok;
+       p.each_element(v, k, tables ? "an array of strings or tables" : "an array of strings",
+                      [&](const toml::node& e, const std::string& ek) { p.read_upstream(e, ek, tables, l); });
      }},
     // A multicast relay sends every datagram to every upstream: nothing to balance.
-    {"balance", kTcp | kUnix | kUdp, Scope::Relay,
+    {"balance", kTcp | kUnix | kUdp, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.balance, p.enum_of(v, k, kBalances)); }},
     // Dialing, idling and keepalive are TCP connection matters; a UDP relay's
     // sessions have session_timeout instead.
-    {"connect_timeout", kTcp | kUnix, Scope::Relay,
+    {"connect_timeout", kTcp | kUnix, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.connect_timeout, p.duration_of(v, k, true));
      }},
-    {"idle_timeout", kTcp | kUnix, Scope::Relay,
+    {"idle_timeout", kTcp | kUnix, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.idle_timeout, p.duration_of(v, k)); }},
-    {"upstream_keepalive", kTcp | kUnix, Scope::Relay,
+    {"upstream_keepalive", kTcp | kUnix, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.upstream_keepalive, p.keepalive_of(v, k));
      }},
     // A bare IP is the common case: the kernel picks the source port.
-    {"source_address", kAnyProtocol, Scope::Relay,
+    {"source_address", kAnyProtocol, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        auto s = p.string_of(v, k);
        if (!s) return;
@@ -701,23 +799,26 @@ const ListenerKey kListenerKeys[] = {
          l.source_address = *ep;
        }
      }},
-    {"fallback_delay", kTcp | kUnix, Scope::Relay,
+    {"fallback_delay", kTcp | kUnix, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.fallback_delay, p.duration_of(v, k)); }},
-    {"proxy_protocol", kAnyProtocol, Scope::Relay,
+    {"proxy_protocol", kAnyProtocol, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.proxy_protocol, p.enum_of(v, k, kProxyProtocols));
      }},
     // splice(2) runs where both ends are TCP (tcp_relay.cpp); a Unix client never splices.
-    {"splice", kTcp, Scope::Relay,
+    {"splice", kTcp, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.splice, p.bool_of(v, k)); }},
-    {"session_timeout", kUdp, Scope::Relay,
+    {"session_timeout", kUdp, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.session_timeout, p.duration_of(v, k, true));
      }},
-    {"max_sessions", kUdp, Scope::Relay,
+    {"max_sessions", kUdp, kRelay,
      [](Parser& p, const toml::node& v, const std::string& k, Listener& l) {
        p.set(l.max_sessions, p.int_of(v, k, 0, kInt64Max));
      }},
+    // mirror
+    {"preserve_source", kUdp | kMcast, kMirror,
+     [](Parser& p, const toml::node& v, const std::string& k, Listener& l) { p.set(l.preserve_source, p.bool_of(v, k)); }},
 };
 
 const std::vector<std::string_view>& all_listener_keys() {
@@ -734,6 +835,14 @@ const ListenerKey* find_listener_key(std::string_view name) {
     if (key.name == name) return &key;
   }
   return nullptr;
+}
+
+// Why a handler refuses a key, where "does not apply" alone would leave the operator guessing.
+std::string_view handler_reason(std::string_view key, Handler handler) {
+  if (handler == Handler::Mirror && key == "queue") {
+    return ": a mirror has no queue, datagrams wait in the socket's receive buffer (recv_buffer)";
+  }
+  return "";
 }
 
 std::string listener_prefix(std::string_view name) { return "listener[" + quoted(name) + "]"; }
@@ -821,6 +930,11 @@ void Parser::read_listener(const toml::table& t, const std::string& prefix, List
     if (auto h = enum_of(*n, named + ".handler", kHandlers)) {
       l.handler = *h;
       meta.handler_ok = true;
+      // A mirror copies datagrams; a stream has none to copy.
+      if (*h == Handler::Mirror && meta.protocol_ok && l.is_stream()) {
+        error(n->source().begin, named + ".handler", "handler \"mirror\" applies to udp and multicast listeners");
+        meta.handler_ok = false;  // so its other keys are judged by the protocol alone
+      }
     }
   } else {
     meta.handler_ok = true;  // echo, the default
@@ -836,15 +950,14 @@ void Parser::read_listener(const toml::table& t, const std::string& prefix, List
       continue;
     }
     const bool protocol_fits = !meta.protocol_ok || (spec->protocols & protocol_bit(l.protocol)) != 0;
-    const bool handler_fits = !meta.handler_ok || spec->scope == Scope::AnyHandler ||
-                              (spec->scope == Scope::Echo) == (l.handler == Handler::Echo);
+    const bool handler_fits = !meta.handler_ok || (spec->handlers & handler_bit(l.handler)) != 0;
     const std::string protocol_message =
         std::string(name) + " does not apply to protocol = " + quoted(to_string(l.protocol));
-    const std::string handler_message =
-        std::string(name) + " does not apply to handler = " + quoted(to_string(l.handler));
-    // A relay key on an echo listener is first of all a handler mistake; an
+    const std::string handler_message = std::string(name) + " does not apply to handler = " +
+                                        quoted(to_string(l.handler)) + std::string(handler_reason(name, l.handler));
+    // A relay or mirror key on an echo listener is first of all a handler mistake; an
     // echo framing key on UDP is first of all a protocol mistake.
-    if (spec->scope == Scope::Relay && !handler_fits) {
+    if ((spec->handlers & kEcho) == 0 && !handler_fits) {
       error(k.source().begin, key, handler_message);
     } else if (!protocol_fits) {
       error(k.source().begin, key, protocol_message);
@@ -950,22 +1063,33 @@ void Parser::validate(Config& config) {
       }
     }
 
-    if (meta.handler_ok && l.handler == Handler::Relay) {
+    const bool forwards = l.handler == Handler::Relay || l.handler == Handler::Mirror;
+    if (meta.handler_ok && forwards) {
+      const std::string handler(to_string(l.handler));
       if (meta.upstreams_written == 0) {
-        error(at("upstreams"), prefix + ".upstreams", "a relay needs at least one upstream");
+        error(at("upstreams"), prefix + ".upstreams", "a " + handler + " needs at least one upstream");
       }
       // A relay whose upstream is one of this daemon's relay listeners (itself included)
-      // chains into itself: one client uses every fd in a second.
+      // chains into itself: one client uses every fd in a second. A mirror whose
+      // collector is one of this daemon's datagram listeners (any handler) sends its
+      // copies back in: into itself, it multiplies every datagram without end.
       if (meta.protocol_ok) {
         for (std::size_t u = 0; u < l.upstreams.size(); ++u) {
           for (std::size_t j = 0; j < config.listeners.size(); ++j) {
             const Listener& target = config.listeners[j];
             if (!metas_[j].address_ok || !metas_[j].protocol_ok || !metas_[j].handler_ok) continue;
-            if (target.handler != Handler::Relay || !dial_reaches(l, l.upstreams[u], target)) continue;
-            error(meta.upstream_positions[u], prefix + ".upstreams[" + std::to_string(u) + "]",
-                  quoted(l.upstreams[u].to_string()) + " is this daemon's own relay " + listener_ref(j) + " (" +
-                      target.endpoint.to_string() + " at " + location(address_at(j)) +
-                      "): the relay would connect to itself");
+            const std::string own = quoted(l.upstreams[u].to_string()) + " is this daemon's own ";
+            const std::string where = " (" + target.endpoint.to_string() + " at " + location(address_at(j)) + ")";
+            if (l.handler == Handler::Relay) {
+              if (target.handler != Handler::Relay || !dial_reaches(l, l.upstreams[u], target)) continue;
+              error(meta.upstream_positions[u], meta.upstream_keys[u],
+                    own + "relay " + listener_ref(j) + where + ": the relay would connect to itself");
+            } else {
+              if (!copy_reaches(l.upstreams[u], target)) continue;
+              error(meta.upstream_positions[u], meta.upstream_keys[u],
+                    own + std::string(to_string(target.protocol)) + " " + listener_ref(j) + where +
+                        ": the mirror would send its copies back into this daemon");
+            }
             break;
           }
         }
@@ -973,12 +1097,12 @@ void Parser::validate(Config& config) {
       if (meta.protocol_ok && l.is_datagram()) {
         for (std::size_t u = 0; u < l.upstreams.size(); ++u) {
           if (!l.upstreams[u].is_unix()) continue;
-          error(meta.upstream_positions[u], prefix + ".upstreams[" + std::to_string(u) + "]",
-                quoted(l.upstreams[u].to_string()) + ": a " + std::string(to_string(l.protocol)) +
-                    " relay needs \"host:port\" upstreams");
+          error(meta.upstream_positions[u], meta.upstream_keys[u],
+                quoted(l.upstreams[u].to_string()) + ": a " + std::string(to_string(l.protocol)) + " " + handler +
+                    " needs \"host:port\" upstreams");
         }
         // v1 is a text line for TCP streams; it has no way to say "UDP".
-        if (l.proxy_protocol == ProxyProtocol::V1) {
+        if (l.handler == Handler::Relay && l.proxy_protocol == ProxyProtocol::V1) {
           error(at("proxy_protocol"), prefix + ".proxy_protocol",
                 "\"v1\" cannot describe datagrams; use \"v2\" on a " + std::string(to_string(l.protocol)) + " relay");
         }

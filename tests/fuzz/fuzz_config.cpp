@@ -81,6 +81,16 @@ void check_invariants(const Config& c) {
     FUZZ_CHECK(l.read_timeout.count() >= 0 && l.write_timeout.count() >= 0 && l.request_timeout.count() >= 0);
     FUZZ_CHECK(l.keepalive.count() >= 0 && l.keepalive.count() % 1000 == 0);
     if (l.v6only && l.protocol == Protocol::Tcp) FUZZ_CHECK(l.endpoint.is_ipv6());
+    FUZZ_CHECK(l.upstream_samples.size() == l.upstreams.size());
+    for (std::uint32_t n : l.upstream_samples) FUZZ_CHECK(n >= 1);
+    if (l.handler == Handler::Mirror) {
+      FUZZ_CHECK(l.is_datagram() && !l.upstreams.empty());
+      for (const Endpoint& u : l.upstreams) FUZZ_CHECK(!u.is_unix());
+    } else {
+      FUZZ_CHECK(!l.preserve_source);
+      for (std::uint32_t n : l.upstream_samples) FUZZ_CHECK(n == 1);
+    }
+    if (l.is_stream()) FUZZ_CHECK(l.allow_sources.empty());
     if (l.handler == Handler::Relay) {
       FUZZ_CHECK(!l.upstreams.empty());
       for (const Endpoint& u : l.upstreams) {

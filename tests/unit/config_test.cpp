@@ -1079,3 +1079,304 @@ rate_limit = 0
 
 }  // namespace
 }  // namespace echorelay::config
+
+// ---- the UDP mirror: every datagram copied to every upstream, one-way; allow_sources
+
+namespace echorelay::config {
+namespace {
+
+TEST(ConfigMirror, ReadsStringAndTableUpstreamsPreserveSourceAndAllowSources) {
+  Config c = valid(R"([[listener]]
+name = "netflow"
+protocol = "udp"
+address = "[::]:2055"
+handler = "mirror"
+upstreams = ["127.0.0.1:2056", { address = "127.0.0.1:2057", sample = 10 }, { address = "collector.example:2055" }]
+preserve_source = true
+allow_sources = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7", "::1"]
+workers = 2
+recv_buffer = "8MiB"
+[[listener]]
+name = "group"
+protocol = "multicast"
+address = "239.255.1.1:2055"
+handler = "mirror"
+upstreams = ["[::1]:2056"]
+workers = 1
+)");
+  ASSERT_EQ(c.listeners.size(), 2U);
+  const Listener& l = c.listeners[0];
+  EXPECT_EQ(l.handler, Handler::Mirror);
+  ASSERT_EQ(l.upstreams.size(), 3U);
+  EXPECT_EQ(l.upstreams[0].to_string(), "127.0.0.1:2056");
+  EXPECT_EQ(l.upstreams[1].to_string(), "127.0.0.1:2057");
+  EXPECT_EQ(l.upstreams[2].host, "collector.example");
+  EXPECT_EQ(l.upstreams[2].port, 2055);
+  EXPECT_EQ(l.upstream_samples, (std::vector<std::uint32_t>{1, 10, 1}));
+  EXPECT_TRUE(l.preserve_source);
+  std::vector<std::string> ranges;
+  for (const auto& r : l.allow_sources) ranges.push_back(r.to_string());
+  EXPECT_EQ(ranges, (Lines{"192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32", "::1/128"}));
+  EXPECT_EQ(l.workers, 2U);
+  EXPECT_EQ(l.recv_buffer, 8U << 20);
+  const Listener& m = c.listeners[1];
+  EXPECT_EQ(m.handler, Handler::Mirror);
+  EXPECT_EQ(m.upstream_samples, (std::vector<std::uint32_t>{1}));
+  EXPECT_FALSE(m.preserve_source);
+  EXPECT_TRUE(m.allow_sources.empty());
+}
+
+TEST(ConfigMirror, RelayUpstreamsGetSampleOneEach) {
+  Config c = valid(R"([[listener]]
+name = "r"
+protocol = "udp"
+address = "127.0.0.1:53"
+handler = "relay"
+upstreams = ["10.0.0.1:53", "10.0.0.2:53"]
+)");
+  EXPECT_EQ(c.listeners[0].upstream_samples, (std::vector<std::uint32_t>{1, 1}));
+}
+
+TEST(ConfigMirror, OnlyDatagramListenersMirror) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "t"
+protocol = "tcp"
+address = ":2055"
+handler = "mirror"
+upstreams = ["127.0.0.1:2056"]
+preserve_source = true
+[[listener]]
+name = "x"
+protocol = "unix"
+address = "@x"
+handler = "mirror"
+upstreams = ["127.0.0.1:2056"]
+)"),
+            (Lines{
+                R"(t.toml:5:11: listener["t"].handler: handler "mirror" applies to udp and multicast listeners)",
+                R"(t.toml:7:1: listener["t"].preserve_source: preserve_source does not apply to protocol = "tcp")",
+                R"(t.toml:12:11: listener["x"].handler: handler "mirror" applies to udp and multicast listeners)",
+            }));
+}
+
+TEST(ConfigMirror, UpstreamEntriesAreChecked) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "m"
+protocol = "udp"
+address = ":2055"
+handler = "mirror"
+upstreams = [{ adress = "10.0.0.1:2055" }, { address = "10.0.0.1:2056", sample = 0 }, { sample = 2 }, "/run/c.sock", "@c", 7, { address = "10.0.0.1:0" }]
+[[listener]]
+name = "empty"
+protocol = "udp"
+address = ":2056"
+handler = "mirror"
+upstreams = []
+[[listener]]
+name = "none"
+protocol = "multicast"
+address = "239.1.1.1:2055"
+handler = "mirror"
+[[listener]]
+name = "r"
+protocol = "udp"
+address = ":53"
+handler = "relay"
+upstreams = ["10.0.0.1:53", { address = "10.0.0.2:53", sample = 2 }]
+)"),
+            (Lines{
+                R"(t.toml:6:14: listener["m"].upstreams[0].address: required key is missing)",
+                R"(t.toml:6:16: listener["m"].upstreams[0].adress: unknown key (did you mean "address"?))",
+                R"(t.toml:6:82: listener["m"].upstreams[1].sample: must be between 1 and 4294967295 (got 0))",
+                R"(t.toml:6:87: listener["m"].upstreams[2].address: required key is missing)",
+                R"(t.toml:6:103: listener["m"].upstreams[3]: "/run/c.sock": a udp mirror needs "host:port" upstreams)",
+                R"(t.toml:6:118: listener["m"].upstreams[4]: "@c": a udp mirror needs "host:port" upstreams)",
+                R"(t.toml:6:124: listener["m"].upstreams[5]: expected a string or a table { address, sample }, got an integer)",
+                R"(t.toml:6:139: listener["m"].upstreams[6].address: "10.0.0.1:0": an upstream needs a port other than 0)",
+                R"(t.toml:12:13: listener["empty"].upstreams: a mirror needs at least one upstream)",
+                R"(t.toml:13:1: listener["none"].upstreams: a mirror needs at least one upstream)",
+                R"(t.toml:23:29: listener["r"].upstreams[1]: an upstream table (sample) applies to handler = "mirror")",
+            }));
+}
+
+// What a mirror would ignore is refused: it balances nothing (every upstream gets every
+// datagram), keeps no sessions, dials no TCP, sends no PROXY header, and reads its
+// socket from the daemon's workers with no queue of its own.
+TEST(ConfigMirror, KeysThatDoNotFitAMirrorAreRefused) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "m"
+protocol = "udp"
+address = ":2055"
+handler = "mirror"
+upstreams = ["10.0.0.1:2055"]
+balance = "random"
+session_timeout = "10s"
+max_sessions = 10
+connect_timeout = "1s"
+idle_timeout = "1m"
+upstream_keepalive = "30s"
+fallback_delay = "100ms"
+proxy_protocol = "v2"
+splice = false
+source_address = "10.0.0.2"
+queue = 64
+framing = "raw"
+)"),
+            (Lines{
+                R"(t.toml:7:1: listener["m"].balance: balance does not apply to handler = "mirror")",
+                R"(t.toml:8:1: listener["m"].session_timeout: session_timeout does not apply to handler = "mirror")",
+                R"(t.toml:9:1: listener["m"].max_sessions: max_sessions does not apply to handler = "mirror")",
+                R"(t.toml:10:1: listener["m"].connect_timeout: connect_timeout does not apply to handler = "mirror")",
+                R"(t.toml:11:1: listener["m"].idle_timeout: idle_timeout does not apply to handler = "mirror")",
+                R"(t.toml:12:1: listener["m"].upstream_keepalive: upstream_keepalive does not apply to handler = "mirror")",
+                R"(t.toml:13:1: listener["m"].fallback_delay: fallback_delay does not apply to handler = "mirror")",
+                R"(t.toml:14:1: listener["m"].proxy_protocol: proxy_protocol does not apply to handler = "mirror")",
+                R"(t.toml:15:1: listener["m"].splice: splice does not apply to handler = "mirror")",
+                R"(t.toml:16:1: listener["m"].source_address: source_address does not apply to handler = "mirror")",
+                R"(t.toml:17:1: listener["m"].queue: queue does not apply to handler = "mirror": a mirror has no queue, datagrams wait in the socket's receive buffer (recv_buffer))",
+                R"(t.toml:18:1: listener["m"].framing: framing does not apply to protocol = "udp")",
+            }));
+}
+
+TEST(ConfigMirror, PreserveSourceIsAMirrorKeyAndAllowSourcesADatagramKey) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "e"
+protocol = "udp"
+address = ":7"
+preserve_source = true
+[[listener]]
+name = "r"
+protocol = "tcp"
+address = ":8"
+handler = "relay"
+upstreams = ["10.0.0.1:8"]
+preserve_source = false
+allow_sources = ["10.0.0.0/8"]
+[[listener]]
+name = "u"
+protocol = "unix"
+address = "@u"
+allow_sources = []
+)"),
+            (Lines{
+                R"(t.toml:5:1: listener["e"].preserve_source: preserve_source does not apply to handler = "echo")",
+                R"(t.toml:12:1: listener["r"].preserve_source: preserve_source does not apply to handler = "relay")",
+                R"(t.toml:13:1: listener["r"].allow_sources: allow_sources does not apply to protocol = "tcp")",
+                R"(t.toml:18:1: listener["u"].allow_sources: allow_sources does not apply to protocol = "unix")",
+            }));
+}
+
+TEST(ConfigMirror, AllowSourcesOnEveryDatagramHandler) {
+  Config c = valid(R"([[listener]]
+name = "e"
+protocol = "udp"
+address = ":7"
+allow_sources = ["10.0.0.0/8", "fd00::/8"]
+[[listener]]
+name = "r"
+protocol = "udp"
+address = ":53"
+handler = "relay"
+upstreams = ["10.0.0.1:53"]
+allow_sources = ["0.0.0.0/0"]
+[[listener]]
+name = "g"
+protocol = "multicast"
+address = "239.1.1.1:9"
+allow_sources = ["192.0.2.1"]
+)");
+  ASSERT_EQ(c.listeners.size(), 3U);
+  ASSERT_EQ(c.listeners[0].allow_sources.size(), 2U);
+  EXPECT_EQ(c.listeners[0].allow_sources[1].to_string(), "fd00::/8");
+  ASSERT_EQ(c.listeners[1].allow_sources.size(), 1U);
+  EXPECT_EQ(c.listeners[1].allow_sources[0].prefix, 0U);
+  ASSERT_EQ(c.listeners[2].allow_sources.size(), 1U);
+  EXPECT_EQ(c.listeners[2].allow_sources[0].to_string(), "192.0.2.1/32");
+}
+
+TEST(ConfigMirror, BadAddressRangesAreReportedWithTheParsersMessage) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "e"
+protocol = "udp"
+address = ":7"
+allow_sources = ["10.0.0.1/24", "10.0.0.0/33", "2001:db8::/129", "foo", "10.0.0.0/", 10, "a\u0001b"]
+)"),
+            (Lines{
+                R"(t.toml:5:18: listener["e"].allow_sources[0]: "10.0.0.1/24" has bits set after the /24 prefix: the range is written with its network address)",
+                R"(t.toml:5:33: listener["e"].allow_sources[1]: "10.0.0.0/33": the prefix length must be 0..32)",
+                R"(t.toml:5:48: listener["e"].allow_sources[2]: "2001:db8::/129": the prefix length must be 0..128)",
+                R"(t.toml:5:66: listener["e"].allow_sources[3]: "foo" is not an address range ("192.0.2.0/24", "2001:db8::/32"))",
+                R"(t.toml:5:73: listener["e"].allow_sources[4]: "10.0.0.0/": the prefix length must be 0..32)",
+                R"(t.toml:5:86: listener["e"].allow_sources[5]: expected a string, got an integer)",
+                R"(t.toml:5:90: listener["e"].allow_sources[6]: "a\x01b": control characters are not allowed (found \x01))",
+            }));
+}
+
+// A mirror whose collector is one of this daemon's datagram listeners sends its copies
+// back in (into itself: every datagram multiplied without end), whatever that
+// listener's handler. TCP listeners on the port and other ports are fine.
+TEST(ConfigMirror, MirrorIntoOwnDatagramListenerIsRefused) {
+  EXPECT_EQ(diagnostics(R"([[listener]]
+name = "self"
+protocol = "udp"
+address = "0.0.0.0:2055"
+handler = "mirror"
+upstreams = ["127.0.0.1:2055"]
+[[listener]]
+name = "echo"
+protocol = "udp"
+address = "[::]:7007"
+[[listener]]
+name = "group"
+protocol = "multicast"
+address = "239.255.1.1:2056"
+[[listener]]
+name = "m"
+protocol = "udp"
+address = "127.0.0.1:2057"
+handler = "mirror"
+upstreams = ["10.0.0.1:2055", "localhost:7007", { address = "239.255.1.1:2056", sample = 2 }, "[::1]:2055"]
+)"),
+            (Lines{
+                R"(t.toml:6:14: listener["self"].upstreams[0]: "127.0.0.1:2055" is this daemon's own udp listener["self"] (0.0.0.0:2055 at t.toml:4:11): the mirror would send its copies back into this daemon)",
+                R"(t.toml:20:31: listener["m"].upstreams[1]: "localhost:7007" is this daemon's own udp listener["echo"] ([::]:7007 at t.toml:10:11): the mirror would send its copies back into this daemon)",
+                R"(t.toml:20:61: listener["m"].upstreams[2].address: "239.255.1.1:2056" is this daemon's own multicast listener["group"] (239.255.1.1:2056 at t.toml:14:11): the mirror would send its copies back into this daemon)",
+            }));
+  valid(R"([[listener]]
+name = "m"
+protocol = "udp"
+address = "127.0.0.1:2055"
+handler = "mirror"
+upstreams = ["127.0.0.1:7007", "127.0.0.2:2055", "[::1]:2055"]
+[[listener]]
+name = "t"
+protocol = "tcp"
+address = "127.0.0.1:7007"
+)");
+}
+
+// The shipped file's commented-out NetFlow mirror is valid once its "# " is removed.
+TEST(ConfigMirror, ShippedNetflowExampleIsValidUncommented) {
+  std::ifstream in(ECHORELAY_SOURCE_DIR "/config/echorelay.toml");
+  ASSERT_TRUE(in);
+  std::string text = "[admin]\n";
+  bool inside = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line == "# [[listener]]") inside = true;
+    if (!inside) continue;
+    if (line.rfind("# ", 0) != 0) break;
+    text += line.substr(2) + "\n";
+  }
+  Config c = valid(text);
+  ASSERT_EQ(c.listeners.size(), 1U);
+  const Listener& l = c.listeners[0];
+  EXPECT_EQ(l.name, "netflow");
+  EXPECT_EQ(l.handler, Handler::Mirror);
+  EXPECT_EQ(l.endpoint.to_string(), "[::]:2055");
+  ASSERT_EQ(l.upstreams.size(), 2U);
+  EXPECT_EQ(l.upstreams[1].to_string(), "127.0.0.1:2057");
+  EXPECT_EQ(l.upstream_samples, (std::vector<std::uint32_t>{1, 10}));
+}
+
+}  // namespace
+}  // namespace echorelay::config
