@@ -159,11 +159,12 @@ class Collector {
   std::thread thread_;
 };
 
-// Sends payloads 0..n-1 of `tag` on the connected `fd`, keeping at most `window` datagrams
-// ahead of what the slowest of `pace` has read (each of those gets every datagram).
-::testing::AssertionResult send_windowed(int fd, std::uint32_t n, const std::vector<const Collector*>& pace,
-                                         std::size_t window = 64, const std::string& tag = "m",
-                                         std::uint32_t first = 0) {
+// Sends payloads 0..n-1 of `tag`, datagram i on the connected fds[i % fds.size()],
+// keeping at most `window` datagrams ahead of what the slowest of `pace` has read (each of
+// those gets every datagram).
+::testing::AssertionResult send_windowed(const std::vector<int>& fds, std::uint32_t n,
+                                         const std::vector<const Collector*>& pace, std::size_t window = 64,
+                                         const std::string& tag = "m", std::uint32_t first = 0) {
   auto slowest = [&] {
     std::size_t m = ~std::size_t{0};
     for (const auto* c : pace) m = std::min(m, c->count());
@@ -174,9 +175,15 @@ class Collector {
     if (i >= window && !wait_until([&] { return slowest() - base + window > i; }, kIoTimeout, Millis(1)))
       return ::testing::AssertionFailure() << "collectors stopped at " << slowest() - base << " of " << i
                                            << " datagrams sent";
-    if (auto r = udp_send(fd, mirror_payload(first + i, tag)); !r) return r;
+    if (auto r = udp_send(fds[i % fds.size()], mirror_payload(first + i, tag)); !r) return r;
   }
   return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult send_windowed(int fd, std::uint32_t n, const std::vector<const Collector*>& pace,
+                                         std::size_t window = 64, const std::string& tag = "m",
+                                         std::uint32_t first = 0) {
+  return send_windowed(std::vector<int>{fd}, n, pace, window, tag, first);
 }
 
 // Checks that `copies` are exactly the payloads `expected` (sequence numbers of `tag`),
@@ -312,6 +319,100 @@ TEST(Mirror, EveryDatagramReachesEveryCollectorAndSampleTakesExactlyOneInN) {
     EXPECT_EQ(metric_or(admin, "echorelay_mirror_errors_total", up("netflow", col->address()), 0), 0)
         << col->address();
   }
+}
+
+// The 1-in-N count is per upstream, not per worker or socket: with two workers, two
+// SO_REUSEPORT sockets and eight senders, 10,000 datagrams in still make exactly 1,000
+// copies for the sampled collector (which ones depends on the interleaving), and every
+// datagram reaches the other collector.
+TEST(Mirror, SampleIsExactAcrossWorkersAndSockets) {
+  Collector all("127.0.0.1:0"), sampled("127.0.0.1:0");
+  ASSERT_TRUE(all.ok() && sampled.ok());
+  std::string toml = mirror_config({upstream_entry(all.address()), upstream_entry(sampled.address(), 10)},
+                                   "workers = 2\nsockets = 2\n");
+  const auto at = toml.find("workers = 1");
+  ASSERT_NE(at, std::string::npos);
+  toml.replace(at, 11, "workers = 2");
+  Daemon daemon(toml);
+  ASSERT_TRUE(daemon.start());
+  std::vector<Fd> exporters;
+  std::vector<int> fds;
+  for (int i = 0; i < 8; ++i) {
+    exporters.push_back(udp_connect(daemon.address("netflow")));
+    ASSERT_TRUE(exporters.back());
+    fds.push_back(exporters.back().get());
+  }
+  constexpr std::uint32_t kN = 10000;
+  ASSERT_TRUE(send_windowed(fds, kN, {&all}, 64));
+  ASSERT_TRUE(all.wait_for(kN)) << all.count();
+  ASSERT_TRUE(sampled.wait_for(kN / 10)) << sampled.count();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_TRUE(exactly(all.copies(), range(kN)));
+  EXPECT_EQ(sampled.count(), kN / 10) << "sample = 10 over two workers";
+  std::set<std::uint32_t> taken;
+  for (const auto& c : sampled.copies()) {
+    const long seq = seq_of(c.data);
+    ASSERT_GE(seq, 0);
+    EXPECT_EQ(c.data, mirror_payload(static_cast<std::uint32_t>(seq)));
+    taken.insert(static_cast<std::uint32_t>(seq));
+  }
+  EXPECT_EQ(taken.size(), kN / 10) << "a datagram was sampled twice";
+  const std::string admin = daemon.admin();
+  EXPECT_TRUE(wait_metric(admin, "echorelay_mirror_datagrams_sent_total", up("netflow", sampled.address()), kN / 10));
+  EXPECT_TRUE(wait_metric(admin, "echorelay_mirror_sampled_out_total", up("netflow", sampled.address()), kN - kN / 10));
+  EXPECT_TRUE(wait_metric(admin, "echorelay_mirror_datagrams_sent_total", up("netflow", all.address()), kN));
+}
+
+// A multicast listener with handler = "mirror" (in a network namespace of the test's own,
+// so no multicast leaves the machine): every datagram sent to the group reaches every
+// collector, the sampled one exactly one in two.
+TEST(Mirror, MulticastListenerMirrorsTheGroupsDatagrams) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  const unsigned r = static_cast<unsigned>(::getpid()) * 2654435761u;
+  const std::string group = "239.252." + std::to_string(r % 250 + 1) + "." + std::to_string((r >> 8) % 250 + 1);
+  Collector a("127.0.0.1:0", kBigBuffer, true, ns.name()), b("127.0.0.1:0", kBigBuffer, true, ns.name());
+  ASSERT_TRUE(a.ok() && b.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(R"([daemon]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "netflow"
+protocol = "multicast"
+address = ")" + group + R"(:0"
+interface = "lo"
+handler = "mirror"
+upstreams = [)" + upstream_entry(a.address()) + ", " + upstream_entry(b.address(), 2) + R"(]
+deny_source_ports = []
+rate_limit = 0
+)",
+                options);
+  ASSERT_TRUE(daemon.start());
+  Fd sender = ns.run([] { return udp_bind("127.0.0.1:0"); });
+  ASSERT_TRUE(sender);
+  in_addr lo{};
+  lo.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::setsockopt(sender.get(), IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo), 0) << std::strerror(errno);
+  int ttl = 1;
+  ASSERT_EQ(::setsockopt(sender.get(), IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl), 0);
+  socklen_t len = 0;
+  sockaddr_storage to = parse_inet(daemon.address("netflow"), &len);
+  ASSERT_EQ(::connect(sender.get(), reinterpret_cast<sockaddr*>(&to), len), 0) << std::strerror(errno);
+  constexpr std::uint32_t kN = 1000;
+  ASSERT_TRUE(send_windowed(sender.get(), kN, {&a}, 32));
+  ASSERT_TRUE(a.wait_for(kN)) << a.count();
+  ASSERT_TRUE(b.wait_for(kN / 2)) << b.count();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(exactly(a.copies(), range(kN)));
+  EXPECT_TRUE(exactly(b.copies(), range(kN, 2))) << "sample = 2 on a multicast mirror";
+  EXPECT_TRUE(run_in_netns(ns.name(), [&] {
+    return wait_metric(daemon.admin(), "echorelay_mirror_sampled_out_total", up("netflow", b.address()), kN / 2);
+  }));
 }
 
 // What collectors send back (here: each echoes every copy) is read and dropped by the
