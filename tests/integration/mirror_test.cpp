@@ -1,10 +1,11 @@
 // The UDP mirror handler through the real daemon: every datagram a listener receives goes,
 // byte for byte, to every upstream ("collector"), one-way; `sample = N` sends exactly one
-// datagram in N to that upstream; allow_sources drops (and counts) other senders on any
-// UDP listener; a collector that cannot keep up or is down costs the others nothing and
-// its losses are counted; a hot restart storm loses no datagram; preserve_source makes the
-// copies leave with the exporter's own address and port (raw socket, in network
-// namespaces of the test's own).
+// datagram in N to that upstream (across workers and sockets too, and on a multicast
+// listener); allow_sources drops (and counts) other senders on any UDP listener; a
+// collector that cannot keep up or is down costs the others nothing and its losses are
+// counted; a hot restart storm loses no datagram; preserve_source makes the copies leave
+// with the exporter's own address and port (raw socket, in network namespaces of the
+// test's own).
 //
 // Suites: Mirror (label integration), MirrorStorm (the SIGHUP storm, run alone like the
 // other storms) and FaultMirror (collector faults, label fault, run alone).
