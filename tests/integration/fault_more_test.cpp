@@ -42,12 +42,6 @@ double metric_in(const std::string& netns, const std::string& admin, std::string
   return run_in_netns(netns, [&] { return metric_or(admin, name, labels); });
 }
 
-ProcessResult ip(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/usr/sbin/ip"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_process(argv);
-}
-
 // A network namespace joined to this one by a veth pair: kHost on our side, kInside in
 // the namespace. Taking our end down makes every peer on our side vanish for the
 // namespace without a FIN or a reset. Deleted (namespace and pair) in the destructor,
@@ -62,7 +56,7 @@ class LinkedNetNs {
     const std::string prefix = "10.231." + std::to_string(subnet) + ".";
     host_ = prefix + std::to_string(1 + 4 * (counter % 60));
     inside_ = prefix + std::to_string(2 + 4 * (counter % 60));
-    if (auto r = ip({"netns", "add", name_}); r.exit_code != 0) {
+    if (auto r = ip_command({"netns", "add", name_}); r.exit_code != 0) {
       error_ = "ip netns add: " + r.output;
       return;
     }
@@ -76,7 +70,7 @@ class LinkedNetNs {
         {"-n", name_, "link", "set", "in0", "up"},
     };
     for (const auto& step : steps) {
-      if (auto r = ip(step); r.exit_code != 0) {
+      if (auto r = ip_command(step); r.exit_code != 0) {
         error_ = "ip " + step[0] + " " + step[1] + " " + step[2] + ": " + r.output;
         return;
       }
@@ -85,8 +79,8 @@ class LinkedNetNs {
   }
   ~LinkedNetNs() {
     if (!created_) return;
-    ip({"link", "del", host_if_});
-    ip({"netns", "del", name_});
+    ip_command({"link", "del", host_if_});
+    ip_command({"netns", "del", name_});
   }
   LinkedNetNs(const LinkedNetNs&) = delete;
   LinkedNetNs& operator=(const LinkedNetNs&) = delete;
@@ -100,7 +94,7 @@ class LinkedNetNs {
     return run_in_netns(name_, std::forward<F>(f));
   }
   ::testing::AssertionResult cut() {
-    auto r = ip({"link", "set", host_if_, "down"});
+    auto r = ip_command({"link", "set", host_if_, "down"});
     if (r.exit_code != 0) return ::testing::AssertionFailure() << "ip link set down: " << r.output;
     return ::testing::AssertionSuccess();
   }

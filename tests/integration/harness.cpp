@@ -208,6 +208,12 @@ void write_file(const std::string& path, std::string_view content) {
   out << content;
 }
 
+ProcessResult ip_command(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"/usr/sbin/ip"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_process(argv);
+}
+
 ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout) {
   TempDir dir;
   std::string out_path = dir.file("output");

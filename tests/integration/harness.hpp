@@ -95,6 +95,8 @@ struct ProcessResult {
 
 // Runs argv (argv[0] is a path) to completion with a deadline; output captured.
 ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout = kIoTimeout * 2);
+// /usr/sbin/ip with `args` (network namespaces and veth pairs the tests create).
+ProcessResult ip_command(const std::vector<std::string>& args);
 
 // The real daemon. Construct with the TOML text, then start(). Owns the temp dir
 // holding the config, the log (stdout+stderr), the bound-addresses file and the

@@ -572,12 +572,6 @@ TEST(FaultMirror, BlackholedAndClosedCollectorsDoNotSlowTheOneThatReads) {
 
 // ---- network namespaces: a daemon side and an exporter side joined by a veth pair ----
 
-ProcessResult ip(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/usr/sbin/ip"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_process(argv);
-}
-
 // Two namespaces of the test's own: "daemon side" with mq0 = 198.18.0.1/24 and lo, and
 // "exporter side" with mq1 = 198.18.0.2/24 and lo, joined by the veth pair mq0–mq1.
 // Nothing touches the test's own namespace. Both are deleted (which deletes the pair) in
@@ -589,7 +583,7 @@ class MirrorNetNs {
 
   MirrorNetNs() : daemon_(unique_name("erl-mird")), exporter_(unique_name("erl-mire")) {
     for (const auto* n : {&daemon_, &exporter_}) {
-      if (auto r = ip({"netns", "add", *n}); r.exit_code != 0) {
+      if (auto r = ip_command({"netns", "add", *n}); r.exit_code != 0) {
         error_ = "ip netns add " + *n + ": " + r.output;
         return;
       }
@@ -605,7 +599,7 @@ class MirrorNetNs {
         {"-n", exporter_, "link", "set", "mq1", "up"},
     };
     for (const auto& step : steps) {
-      if (auto r = ip(step); r.exit_code != 0) {
+      if (auto r = ip_command(step); r.exit_code != 0) {
         error_ = "ip";
         for (const auto& s : step) error_ += " " + s;
         error_ += ": " + r.output;
@@ -615,7 +609,7 @@ class MirrorNetNs {
     ok_ = true;
   }
   ~MirrorNetNs() {
-    for (const auto& n : created_) ip({"netns", "del", n});
+    for (const auto& n : created_) ip_command({"netns", "del", n});
   }
   MirrorNetNs(const MirrorNetNs&) = delete;
   MirrorNetNs& operator=(const MirrorNetNs&) = delete;
