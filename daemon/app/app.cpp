@@ -145,8 +145,8 @@ struct App::Impl {
   Clock::time_point last_extend{};
   // Who speaks for the service and what a signal means now (see lifecycle/service.hpp).
   lifecycle::Service service;
-  // During the drain: acceptors not yet paused and UDP echo servers whose workers still
-  // read their sockets. The count of connections is final only at zero.
+  // During the drain: acceptors not yet paused and UDP echo or mirror servers whose
+  // workers still read their sockets. The count of connections is final only at zero.
   std::atomic<std::size_t> listeners_serving{0};
   net::LastConnectionWatch last_connection;  // armed by the drain
   bool drain_finished = false;
@@ -411,9 +411,9 @@ void App::Impl::close_listening_sockets(bool successor_serves) {
       post_drain_check();
     });
   }
-  // The UDP echo's workers answer, unless a successor reads on, what the sockets hold,
-  // then let go of them; only then may the sockets close (a worker may be in recvmmsg
-  // on one). A UDP relay's sessions still send replies from its sockets: those close
+  // The UDP echo's and mirror's workers serve, unless a successor reads on, what the
+  // sockets hold, then let go of them; only then may the sockets close (a worker may be
+  // in recvmmsg on one). A UDP relay's sessions still send replies from its sockets: those close
   // at exit.
   for (std::size_t i = 0; i < udp_servers.size(); ++i) {
     udp_servers[i]->stop(!successor_serves, [this, open = udp_server_listeners[i]] {
@@ -461,7 +461,7 @@ void App::Impl::check_drain() {
   const bool successor_stopping = restarter && restarter->successor_stopping();
   // An acceptor still running may take a connection yet: the count is only final once
   // every acceptor has stopped (a connection accepted in between was lost otherwise),
-  // and a UDP echo worker may still be answering what it swept from its socket.
+  // and a UDP worker may still be serving what it swept from its socket.
   const bool still_accepting = !service.forced() && listeners_serving.load(std::memory_order_acquire) != 0;
   if (metrics.connections_active_total.load() == 0 && !successor_stopping && !still_accepting) {
     finish_drain();
