@@ -821,5 +821,55 @@ void preserve_source_case(bool preserve) {
 TEST(Mirror, PreserveSourceSendsCopiesFromTheExportersAddressAndPort) { preserve_source_case(true); }
 TEST(Mirror, WithoutPreserveSourceCopiesComeFromTheDaemon) { preserve_source_case(false); }
 
+
+// ---- names ----
+
+// A collector named by host is resolved through [resolver] (a real dnsmasq, TTL 1 s)
+// and a changed record is followed within the mirror's re-resolution interval (5 s)
+// plus the TTL: copies move to the new address, none go to the old one after that.
+TEST(Mirror, ACollectorNamedByHostIsResolvedAndAChangedRecordIsFollowed) {
+  Collector first("127.0.0.2:0");
+  ASSERT_TRUE(first.ok());
+  const std::string port = first.address().substr(first.address().rfind(':') + 1);
+  Collector second("127.0.0.3:" + port);
+  ASSERT_TRUE(second.ok());
+  Dnsmasq dns("127.0.0.2 collector.test\n");
+  ASSERT_TRUE(dns.start("collector.test"));
+  const std::string upstream = "collector.test:" + port;
+  Daemon daemon(mirror_config({upstream_entry(upstream)}, "", "127.0.0.1:0",
+                              "\n[resolver]\nservers = [\"" + dns.server() + "\"]\ntimeout = \"1s\"\nattempts = 2\n"));
+  ASSERT_TRUE(daemon.start());
+  Fd exporter = udp_connect(daemon.address("netflow"));
+  ASSERT_TRUE(exporter);
+  const auto probe = [&] { return ::send(exporter.get(), "probe", 5, 0) == 5; };
+
+  // The first answer arrives a moment after the start: until then copies are lost
+  // (counted as errors), so send until one arrives.
+  ASSERT_TRUE(wait_until([&] { return probe() && first.count() > 0; }, 5000ms)) << "the name was never resolved";
+  EXPECT_EQ(second.count(), 0u);
+
+  ASSERT_TRUE(dns.set_hosts("127.0.0.3 collector.test\n"));
+  ASSERT_TRUE(wait_until([&] {
+    auto a = dns.query("collector.test", 1);
+    return a && a->size() == 1 && (*a)[0] == "127.0.0.3";
+  })) << "dnsmasq did not pick up the new record; log:\n"
+      << dns.log();
+  const auto changed = std::chrono::steady_clock::now();
+  const auto since_change = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - changed).count(); };
+  const bool followed = wait_until([&] { return probe() && second.count() > 0; }, 9000ms);
+  ASSERT_TRUE(followed) << "copies still go to the old address " << since_change() << " s after the change";
+  std::cerr << "changed record followed after " << since_change() << " s\n";
+
+  // Settled: the next datagrams all reach the new address and none the old one.
+  std::this_thread::sleep_for(100ms);
+  const std::size_t old_count = first.count();
+  const std::size_t new_count = second.count();
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(probe());
+  EXPECT_TRUE(second.wait_for(new_count + 50)) << second.count() - new_count;
+  EXPECT_EQ(first.count(), old_count);
+  EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_mirror_datagrams_sent_total", up("netflow", upstream),
+                          static_cast<double>(old_count + new_count + 50)));
+}
+
 }  // namespace
 }  // namespace echorelay::test
