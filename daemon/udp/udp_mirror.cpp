@@ -144,6 +144,7 @@ struct MirrorServer::Impl {
         : endpoint(e), label(e.to_string()), sample(std::max<std::uint32_t>(s, 1)), counters(c) {}
     const net::Endpoint endpoint;
     const std::string label;
+    std::string warn_name;  // "LISTENER upstream LABEL", made once: warnings come from the data path
     const std::uint32_t sample;
     obs::ListenerCounters& counters;
     std::atomic<std::uint64_t> offered{0};  // datagrams seen, for an exact 1-in-N
@@ -238,6 +239,7 @@ struct MirrorServer::Impl {
       const std::uint32_t sample = i < listener.upstream_samples.size() ? listener.upstream_samples[i] : 1;
       const std::string label = listener.upstreams[i].to_string();
       upstreams_.push_back(std::make_unique<Upstream>(listener.upstreams[i], sample, metrics.upstream(name_, label)));
+      upstreams_.back()->warn_name = name_ + " upstream " + label;
     }
     for (auto& loop : loops) {
       auto w = std::make_unique<Worker>();
@@ -447,7 +449,7 @@ struct MirrorServer::Impl {
       }
       if (err == EBADF || err == ENOTSOCK || err == EFAULT) fatal(name_, "sendmmsg", err);
       up.counters.add(up.counters.mirror_errors);
-      warn_gate_.warn(name_ + " upstream " + up.label, "sendmmsg", err);
+      warn_gate_.warn(up.warn_name, "sendmmsg", err);
       ++done;
     }
   }
