@@ -109,7 +109,9 @@ std::map<std::string, double> counters_of(const std::string& exposition) {
 TEST(RestartState, CountersGoOnFromThePredecessorsTotalsAndIncludeWhatItCountedWhileDraining) {
   TempDir scratch;
   const std::string unix_path = scratch.file("echo.sock");
-  ServiceUnderTest svc(tcp_unix_udp_config(unix_path));
+  ServiceUnderTest::Options options;
+  options.log_level = "debug";
+  ServiceUnderTest svc(tcp_unix_udp_config(unix_path), options);
   ASSERT_TRUE(svc.start());
   // Relays to the echo listeners need their ports: add them now and restart once.
   const std::string tcp = svc.address("tcp");
@@ -131,13 +133,17 @@ upstreams = [")" + udp + R"("]
 )");
   auto first = svc.hot_restart();
   ASSERT_TRUE(first.ok) << first.status << svc.log();
+  // Until the old process learns that its successor serves it still accepts, and a
+  // connection it takes is closed right behind its first answer (answer and EOF
+  // together); these loops send without reading for EOF, so they talk to the successor.
+  ASSERT_TRUE(wait_gone(svc.main_pids().front(), 10000ms).gone);
   ASSERT_TRUE(svc.reload_addresses());
 
   // Traffic on every listener kind, and some refusals.
   for (const std::string& name : {std::string("tcp"), std::string("tcp-relay"), unix_path}) {
     Fd fd = connect_to(name.starts_with("/") ? name : svc.address(name));
     ASSERT_TRUE(fd);
-    for (int i = 0; i < 5; ++i) ASSERT_TRUE(echo_line(fd.get(), "counted " + std::to_string(i) + "\n"));
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(echo_line(fd.get(), "counted " + std::to_string(i) + "\n")) << name;
   }
   for (const std::string name : {"udp", "udp-relay"}) {
     Fd fd = udp_connect(svc.address(name));
