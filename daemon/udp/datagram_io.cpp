@@ -278,24 +278,17 @@ Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listen
                     WarnGate& gate) {
   Sent total;
   unsigned done = 0;
-  bool waited = false;
   while (done < n) {
     const int sent = ::sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
     if (sent > 0) {
       for (int i = 0; i < sent; ++i) total.bytes += msgs[done + i].msg_len;
       total.datagrams += static_cast<unsigned>(sent);
       done += static_cast<unsigned>(sent);
-      waited = false;
       continue;
     }
     const int err = errno;
     if (err == EINTR) continue;
     if (is_again(err) || err == ENOBUFS) {
-      if (!waited) {
-        waited = true;
-        pollfd p{fd, POLLOUT, 0};
-        if (::poll(&p, 1, kSendWaitMs) > 0) continue;
-      }
       counters.drop(obs::Drop::SendFailed, n - done);
       gate.warn(listener, "sendmmsg", err);
       return total;
@@ -304,7 +297,6 @@ Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listen
     counters.drop(obs::Drop::SendFailed);
     gate.warn(listener, "sendmmsg", err);
     ++done;
-    waited = false;
   }
   return total;
 }
@@ -324,7 +316,7 @@ void read_until_stopped(const std::string& listener, int fd, int wake_fd, const 
       if (err == EINTR) continue;
       if (is_impossible(err)) fatal(listener, "poll", err);
       warnings.warn(listener, "poll", err);
-      ::poll(nullptr, 0, kSendWaitMs);  // ENOMEM: back off instead of spinning
+      ::poll(nullptr, 0, kPollBackoffMs);  // ENOMEM: back off instead of spinning
       continue;
     }
     if (fds[1].revents != 0) break;

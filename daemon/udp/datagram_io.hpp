@@ -33,8 +33,8 @@ using Clock = std::chrono::steady_clock;
 inline constexpr unsigned kBatch = 32;
 // Room for one IP_PKTINFO and one IPV6_PKTINFO: a dual-stack socket may carry either.
 inline constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo));
-// How long a sender waits for room in a full socket send buffer before dropping.
-inline constexpr int kSendWaitMs = 10;
+// How long a reader thread backs off when poll fails for want of memory.
+inline constexpr int kPollBackoffMs = 10;
 
 // For errors on our own fd, which no peer can cause: log and abort.
 [[noreturn]] void fatal(const std::string& listener, const char* call, int err);
@@ -147,9 +147,9 @@ socklen_t reply_control(const unsigned char* control, socklen_t control_len, uns
 bool destination_address(const unsigned char* control, socklen_t control_len, std::uint16_t port,
                          sockaddr_storage& out, socklen_t& out_len);
 
-// Sends msgs[0..n) on `fd` with sendmmsg. A full send buffer gets one wait of
-// kSendWaitMs, after which the rest is dropped rather than stalling the caller behind
-// one socket; a datagram the kernel refuses for its address or route (EINVAL for a
+// Sends msgs[0..n) on `fd` with sendmmsg, never waiting: the caller is a worker loop
+// that serves every other socket and connection too, so what a full send buffer (or
+// ENOBUFS) refuses is dropped, as UDP may, rather than stalling them all; a datagram the kernel refuses for its address or route (EINVAL for a
 // bogus family, ENETUNREACH, EPERM from a firewall) is dropped alone. Drops are counted
 // as SendFailed and warned through `gate`; an error on our own fd aborts.
 struct Sent {

@@ -38,10 +38,6 @@ std::size_t count_lines_containing(const std::string& text, const std::string& n
 
 double ticks_to_seconds(long ticks) { return static_cast<double>(ticks) / static_cast<double>(::sysconf(_SC_CLK_TCK)); }
 
-double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels) {
-  return run_in_netns(netns, [&] { return metric_or(admin, name, labels); });
-}
-
 // A network namespace joined to this one by a veth pair: kHost on our side, kInside in
 // the namespace. Taking our end down makes every peer on our side vanish for the
 // namespace without a FIN or a reset. Deleted (namespace and pair) in the destructor,

@@ -570,81 +570,7 @@ TEST(FaultMirror, BlackholedAndClosedCollectorsDoNotSlowTheOneThatReads) {
               kN, secs, cpu_busy, cpu_idle, bh_sent, bh_busy, blackhole.kernel_drops(), cl_sent, cl_errors, cl_busy);
 }
 
-// ---- network namespaces: a daemon side and an exporter side joined by a veth pair ----
 
-// Two namespaces of the test's own: "daemon side" with mq0 = 198.18.0.1/24 and lo, and
-// "exporter side" with mq1 = 198.18.0.2/24 and lo, joined by the veth pair mq0–mq1.
-// Nothing touches the test's own namespace. Both are deleted (which deletes the pair) in
-// the destructor, so every exit path of a test cleans up.
-class MirrorNetNs {
- public:
-  static constexpr const char* kDaemonIp = "198.18.0.1";
-  static constexpr const char* kExporterIp = "198.18.0.2";
-
-  MirrorNetNs() : daemon_(unique_name("erl-mird")), exporter_(unique_name("erl-mire")) {
-    for (const auto* n : {&daemon_, &exporter_}) {
-      if (auto r = ip_command({"netns", "add", *n}); r.exit_code != 0) {
-        error_ = "ip netns add " + *n + ": " + r.output;
-        return;
-      }
-      created_.push_back(*n);
-    }
-    const std::vector<std::vector<std::string>> steps = {
-        {"-n", daemon_, "link", "set", "lo", "up"},
-        {"-n", exporter_, "link", "set", "lo", "up"},
-        {"-n", daemon_, "link", "add", "mq0", "type", "veth", "peer", "name", "mq1", "netns", exporter_},
-        {"-n", daemon_, "addr", "add", std::string(kDaemonIp) + "/24", "dev", "mq0"},
-        {"-n", exporter_, "addr", "add", std::string(kExporterIp) + "/24", "dev", "mq1"},
-        {"-n", daemon_, "link", "set", "mq0", "up"},
-        {"-n", exporter_, "link", "set", "mq1", "up"},
-    };
-    for (const auto& step : steps) {
-      if (auto r = ip_command(step); r.exit_code != 0) {
-        error_ = "ip";
-        for (const auto& s : step) error_ += " " + s;
-        error_ += ": " + r.output;
-        return;
-      }
-    }
-    ok_ = true;
-  }
-  ~MirrorNetNs() {
-    for (const auto& n : created_) ip_command({"netns", "del", n});
-  }
-  MirrorNetNs(const MirrorNetNs&) = delete;
-  MirrorNetNs& operator=(const MirrorNetNs&) = delete;
-
-  bool ok() const { return ok_; }
-  const std::string& error() const { return error_; }
-  const std::string& daemon_side() const { return daemon_; }
-  const std::string& exporter_side() const { return exporter_; }
-
-  // A token bucket on the daemon side's way out (mq0 → exporter side): a slow link.
-  ::testing::AssertionResult shape(const std::string& rate, const std::string& limit) {
-    auto r = run_process({"/usr/sbin/tc", "-n", daemon_, "qdisc", "add", "dev", "mq0", "root", "tbf", "rate", rate,
-                          "burst", "16kb", "limit", limit});
-    if (r.exit_code != 0) return ::testing::AssertionFailure() << "tc qdisc add: " << r.output;
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  std::string daemon_;
-  std::string exporter_;
-  std::vector<std::string> created_;
-  std::string error_;
-  bool ok_ = false;
-};
-
-#define REQUIRE_MIRROR_NETNS(ns) ASSERT_TRUE((ns).ok()) << "network namespaces: " << (ns).error()
-
-double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels,
-                 double fallback = -1) {
-  return run_in_netns(netns, [&] { return metric_or(admin, name, labels, fallback); });
-}
-::testing::AssertionResult wait_metric_in(const std::string& netns, const std::string& admin, std::string_view name,
-                                          const Labels& labels, double expected, Millis timeout = kIoTimeout) {
-  return run_in_netns(netns, [&] { return wait_metric(admin, name, labels, expected, timeout); });
-}
 
 // A collector behind a slow link (a token bucket of 8 Mbit/s on the daemon's way out to
 // it, its queue longer than the daemon's socket send buffer) fills the daemon's send
@@ -652,12 +578,12 @@ double metric_in(const std::string& netns, const std::string& admin, std::string
 // Every datagram is sent or counted as upstream_busy, busy > 0, and what was sent
 // arrives.
 TEST(FaultMirror, SlowLinkBackPressureIsCountedAsUpstreamBusy) {
-  MirrorNetNs ns;
-  REQUIRE_MIRROR_NETNS(ns);
+  VethNamespaces ns;
+  REQUIRE_VETH_NAMESPACES(ns);
   ASSERT_TRUE(ns.shape("8mbit", "16mb"));
   const std::string d = ns.daemon_side();
   Collector fast("127.0.0.1:0", kBigBuffer, true, d);
-  Collector slow(std::string(MirrorNetNs::kExporterIp) + ":0", kBigBuffer, true, ns.exporter_side());
+  Collector slow(std::string(VethNamespaces::kPeerIp) + ":0", kBigBuffer, true, ns.peer_side());
   ASSERT_TRUE(fast.ok() && slow.ok());
   Daemon::Options options;
   options.netns = d;
@@ -767,25 +693,25 @@ TEST(MirrorStorm, HotRestartsDuringAStreamLoseNoDatagram) {
 // the other, behind 198.18.0.1. With preserve_source the collector sees each copy come
 // from the exporter's address and port, payload intact; without it, from the daemon.
 void preserve_source_case(bool preserve) {
-  MirrorNetNs ns;
-  REQUIRE_MIRROR_NETNS(ns);
+  VethNamespaces ns;
+  REQUIRE_VETH_NAMESPACES(ns);
   const std::string d = ns.daemon_side();
-  Collector col(std::string(MirrorNetNs::kDaemonIp) + ":0", kBigBuffer, true, d);
+  Collector col(std::string(VethNamespaces::kDaemonIp) + ":0", kBigBuffer, true, d);
   ASSERT_TRUE(col.ok());
   Daemon::Options options;
   options.netns = d;
   Daemon daemon(mirror_config({upstream_entry(col.address())},
                               std::string("preserve_source = ") + (preserve ? "true" : "false") +
                                   "\nallow_sources = [\"198.18.0.0/24\"]\n",
-                              std::string(MirrorNetNs::kDaemonIp) + ":0"),
+                              std::string(VethNamespaces::kDaemonIp) + ":0"),
                 options);
   ASSERT_TRUE(daemon.start());
   const std::string admin = daemon.admin();
   Fd exporter =
-      run_in_netns(ns.exporter_side(), [&] { return udp_connect(daemon.address("netflow"), std::string(MirrorNetNs::kExporterIp) + ":0"); });
+      run_in_netns(ns.peer_side(), [&] { return udp_connect(daemon.address("netflow"), std::string(VethNamespaces::kPeerIp) + ":0"); });
   ASSERT_TRUE(exporter);
   const std::string exporter_address = socket_address(exporter.get());
-  ASSERT_EQ(exporter_address.rfind(std::string(MirrorNetNs::kExporterIp) + ":", 0), 0u) << exporter_address;
+  ASSERT_EQ(exporter_address.rfind(std::string(VethNamespaces::kPeerIp) + ":", 0), 0u) << exporter_address;
 
   constexpr std::uint32_t kN = 500;
   ASSERT_TRUE(send_windowed(exporter.get(), kN, {&col}, 32));
@@ -810,7 +736,7 @@ void preserve_source_case(bool preserve) {
     EXPECT_EQ(seen_from, exporter_address) << "preserve_source: the copies must carry the exporter's address and port";
   } else {
     EXPECT_NE(seen_from, exporter_address);
-    EXPECT_EQ(seen_from.rfind(std::string(MirrorNetNs::kDaemonIp) + ":", 0), 0u)
+    EXPECT_EQ(seen_from.rfind(std::string(VethNamespaces::kDaemonIp) + ":", 0), 0u)
         << "without preserve_source the copies come from the daemon: " << seen_from;
   }
   EXPECT_TRUE(wait_metric_in(d, admin, "echorelay_mirror_datagrams_sent_total", up("netflow", col.address()),

@@ -128,6 +128,55 @@ RelayNetNs::~RelayNetNs() {
   if (created_) ip({"netns", "del", name_});
 }
 
+VethNamespaces::VethNamespaces() : daemon_(unique_name("erl-vethd")), peer_(unique_name("erl-vethp")) {
+  for (const auto* n : {&daemon_, &peer_}) {
+    if (auto r = ip_command({"netns", "add", *n}); r.exit_code != 0) {
+      error_ = "ip netns add " + *n + ": " + r.output;
+      return;
+    }
+    created_.push_back(*n);
+  }
+  const std::vector<std::vector<std::string>> steps = {
+      {"-n", daemon_, "link", "set", "lo", "up"},
+      {"-n", peer_, "link", "set", "lo", "up"},
+      {"-n", daemon_, "link", "add", "mq0", "type", "veth", "peer", "name", "mq1", "netns", peer_},
+      {"-n", daemon_, "addr", "add", std::string(kDaemonIp) + "/24", "dev", "mq0"},
+      {"-n", peer_, "addr", "add", std::string(kPeerIp) + "/24", "dev", "mq1"},
+      {"-n", daemon_, "link", "set", "mq0", "up"},
+      {"-n", peer_, "link", "set", "mq1", "up"},
+  };
+  for (const auto& step : steps) {
+    if (auto r = ip_command(step); r.exit_code != 0) {
+      error_ = "ip";
+      for (const auto& s : step) error_ += " " + s;
+      error_ += ": " + r.output;
+      return;
+    }
+  }
+  ok_ = true;
+}
+
+VethNamespaces::~VethNamespaces() {
+  for (const auto& n : created_) ip_command({"netns", "del", n});
+}
+
+::testing::AssertionResult VethNamespaces::shape(const std::string& rate, const std::string& limit) {
+  auto r = run_process({"/usr/sbin/tc", "-n", daemon_, "qdisc", "add", "dev", "mq0", "root", "tbf", "rate", rate,
+                        "burst", "16kb", "limit", limit});
+  if (r.exit_code != 0) return ::testing::AssertionFailure() << "tc qdisc add: " << r.output;
+  return ::testing::AssertionSuccess();
+}
+
+double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels,
+                 double fallback) {
+  return run_in_netns(netns, [&] { return metric_or(admin, name, labels, fallback); });
+}
+
+::testing::AssertionResult wait_metric_in(const std::string& netns, const std::string& admin, std::string_view name,
+                                          const Labels& labels, double expected, Millis timeout) {
+  return run_in_netns(netns, [&] { return wait_metric(admin, name, labels, expected, timeout); });
+}
+
 // ---- ChildProcess ----
 
 ::testing::AssertionResult ChildProcess::start(const std::vector<std::string>& argv, const std::string& log_path,

@@ -75,6 +75,45 @@ class RelayNetNs {
   bool ok_ = false;
 };
 
+// Two network namespaces of the test's own, "daemon side" (mq0 = 198.18.0.1/24, lo up)
+// and "peer side" (mq1 = 198.18.0.2/24, lo up), joined by the veth pair mq0–mq1: a
+// link between the daemon and its clients or upstreams that shape() can slow down.
+// Nothing touches the test's own namespace; both are deleted (which deletes the pair)
+// in the destructor, so every exit path of a test cleans up.
+class VethNamespaces {
+ public:
+  static constexpr const char* kDaemonIp = "198.18.0.1";
+  static constexpr const char* kPeerIp = "198.18.0.2";
+
+  VethNamespaces();
+  ~VethNamespaces();
+  VethNamespaces(const VethNamespaces&) = delete;
+  VethNamespaces& operator=(const VethNamespaces&) = delete;
+
+  bool ok() const { return ok_; }
+  const std::string& error() const { return error_; }
+  const std::string& daemon_side() const { return daemon_; }
+  const std::string& peer_side() const { return peer_; }
+
+  // A token bucket on the daemon side's way out (mq0 → peer side): a slow link.
+  ::testing::AssertionResult shape(const std::string& rate, const std::string& limit);
+
+ private:
+  std::string daemon_;
+  std::string peer_;
+  std::vector<std::string> created_;
+  std::string error_;
+  bool ok_ = false;
+};
+
+// metric_or and wait_metric for an admin endpoint inside `netns`.
+double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels,
+                 double fallback = -1);
+::testing::AssertionResult wait_metric_in(const std::string& netns, const std::string& admin, std::string_view name,
+                                          const Labels& labels, double expected, Millis timeout = kIoTimeout);
+
+#define REQUIRE_VETH_NAMESPACES(ns) ASSERT_TRUE((ns).ok()) << "network namespaces: " << (ns).error()
+
 // ---- child processes other than the daemon ----
 
 // fork/exec with stdout+stderr to `log_path`, inside `netns` when not empty, killed

@@ -5,10 +5,14 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <set>
 #include <thread>
 
 #include "harness.hpp"
+#include "relay_support.hpp"
 
 namespace echorelay::test {
 namespace {
@@ -268,6 +272,110 @@ rate_limit = 5
   // socket would let about 4 x 5 through.
   EXPECT_GE(replies, 1);
   EXPECT_LE(replies, 10) << "the limit was applied per socket, not per host";
+}
+
+// A client behind a slow link (8 Mbit/s on the daemon's way out to it, a queue longer
+// than the listener's send buffer) floods the echo with 1,000-byte datagrams: the
+// replies fill the socket's send buffer and sendmmsg meets EAGAIN. The worker drops
+// and counts what does not fit (send_failed) instead of waiting for room, so with one
+// worker a client on loopback is answered meanwhile. Every datagram the slow client
+// sent is answered or counted, and the answers it gets are its own bytes.
+TEST(FaultUdp, RepliesASlowLinkCannotTakeAreDroppedAndCountedWhileOthersAreAnswered) {
+  VethNamespaces ns;
+  REQUIRE_VETH_NAMESPACES(ns);
+  ASSERT_TRUE(ns.shape("8mbit", "16mb"));
+  Daemon::Options options;
+  options.netns = ns.daemon_side();
+  Daemon daemon(R"(
+[daemon]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "udp"
+protocol = "udp"
+address = "0.0.0.0:0"
+handler = "echo"
+send_buffer = 65536
+recv_buffer = 8388608
+rate_limit = 0
+)",
+                options);
+  ASSERT_TRUE(daemon.start());
+  const std::string admin = daemon.admin();
+  const std::string port = std::to_string(daemon.port("udp"));
+  Fd slow = run_in_netns(ns.peer_side(), [&] { 
+    return udp_connect(std::string(VethNamespaces::kDaemonIp) + ":" + port, std::string(VethNamespaces::kPeerIp) + ":0");
+  });
+  Fd fast = run_in_netns(ns.daemon_side(), [&] { return udp_connect("127.0.0.1:" + port); });
+  ASSERT_TRUE(slow && fast);
+  const int big = 16 << 20;
+  ASSERT_EQ(::setsockopt(slow.get(), SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big), 0) << std::strerror(errno);
+
+  constexpr int kFlood = 4000;
+  constexpr int kPings = 200;
+  auto payload = [](int i) {
+    std::string p = std::to_string(i);
+    p.resize(1000, 'f');
+    return p;
+  };
+  // The pinger shares the listener's socket, so its answers meet the same full send
+  // buffer and some are dropped too: like any UDP client it sends again after 100 ms.
+  int pings_sent = 0;
+  int ping_replies = 0;  // every answer that came back, late ones included
+  int pings_answered = 0;
+  std::thread pinger([&] {
+    for (int i = 0; i < kPings; ++i) {
+      const std::string ping = "ping " + std::to_string(i);
+      for (int attempt = 0; attempt < 50 && pings_answered == i; ++attempt) {
+        if (!udp_send(fast.get(), ping)) return;
+        ++pings_sent;
+        while (auto reply = udp_recv(fast.get(), 100ms)) {
+          ++ping_replies;
+          if (*reply == ping) {
+            ++pings_answered;
+            break;
+          }
+        }
+      }
+      if (pings_answered == i) return;
+    }
+  });
+  for (int i = 0; i < kFlood; ++i) ASSERT_TRUE(udp_send(slow.get(), payload(i)));
+  pinger.join();
+  EXPECT_EQ(pings_answered, kPings) << "the client on loopback was not answered while the link was full";
+  while (udp_recv(fast.get(), 300ms)) ++ping_replies;
+
+  const Labels listener{{"listener", "udp"}};
+  EXPECT_TRUE(wait_metric_in(ns.daemon_side(), admin, "echorelay_datagrams_received_total", listener, kFlood + pings_sent));
+  auto dropped = [&](const char* reason) {
+    return metric_in(ns.daemon_side(), admin, "echorelay_datagrams_dropped_total", {{"listener", "udp"}, {"reason", reason}}, 0);
+  };
+  const double send_failed = dropped("send_failed");
+  const double queue_full = dropped("queue_full");
+  const double answered = metric_in(ns.daemon_side(), admin, "echorelay_requests_total", listener, 0);
+  EXPECT_GT(send_failed, 0) << "the link never filled the send buffer: nothing was tested";
+  EXPECT_EQ(answered + send_failed + queue_full, kFlood + pings_sent)
+      << "answered " << answered << " + send_failed " << send_failed << " + queue_full " << queue_full;
+
+  // What the daemon sent drains through the slow link and arrives intact.
+  const int slow_answered = static_cast<int>(answered) - ping_replies;
+  std::set<std::string> expected;
+  for (int i = 0; i < kFlood; ++i) expected.insert(payload(i));
+  int got = 0;
+  while (got < slow_answered) {
+    auto reply = udp_recv(slow.get(), 5000ms);
+    if (!reply) break;
+    EXPECT_EQ(expected.count(*reply), 1u) << "a reply that is no datagram the slow client sent";
+    ++got;
+  }
+  EXPECT_EQ(got, slow_answered) << "answers counted as sent that never arrived";
+  EXPECT_FALSE(udp_recv(slow.get(), 300ms)) << "more answers than the daemon counted";
+  std::printf("[ udp ] slow link: %d sent, %d answered; %.0f send_failed, %.0f queue_full in all; %d pings answered "
+              "after %d sends\n",
+              kFlood, slow_answered, send_failed, queue_full, pings_answered, pings_sent);
 }
 
 }  // namespace
