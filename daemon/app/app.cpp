@@ -247,9 +247,9 @@ void App::Impl::start_serving() {
       } else {
         std::unique_ptr<udp::DatagramServer> server;
         if (spec.handler == config::Handler::Mirror) {
-          server = std::make_unique<udp::MirrorServer>(spec, std::move(fds), metrics, loops, resolver.get(), control);
+          server = udp::make_mirror_server(spec, std::move(fds), metrics, loops, resolver.get(), control);
         } else {
-          server = std::make_unique<udp::EchoServer>(spec, std::move(fds), counters, loops);
+          server = udp::make_echo_server(spec, std::move(fds), counters, loops);
         }
         server->start();
         udp_servers.push_back(std::move(server));

@@ -35,7 +35,7 @@ void WorkerPool::start() {
 void WorkerPool::stop() {
   guards_.clear();
   for (auto& w : workers_) {
-    // Also a loop that never ran: stopped() is what tells its users (udp::EchoServer)
+    // Also a loop that never ran: stopped() is what tells its users (the UDP servers)
     // that no thread polls it any more.
     w->ctx.stop();
     if (w->thread.joinable()) w->thread.join();

@@ -207,24 +207,12 @@ Endpoint from_sockaddr(const sockaddr* addr, socklen_t len) {
   Endpoint ep;
   if (addr == nullptr || len < static_cast<socklen_t>(sizeof(sa_family_t))) return ep;
   switch (addr->sa_family) {
-    case AF_INET: {
-      if (len < static_cast<socklen_t>(sizeof(sockaddr_in))) return ep;
-      sockaddr_in in4{};
-      std::memcpy(&in4, addr, sizeof in4);
-      char buf[INET_ADDRSTRLEN] = {};
-      inet_ntop(AF_INET, &in4.sin_addr, buf, sizeof buf);
-      ep.host = buf;
-      ep.port = ntohs(in4.sin_port);
-      return ep;
-    }
+    case AF_INET:
     case AF_INET6: {
-      if (len < static_cast<socklen_t>(sizeof(sockaddr_in6))) return ep;
-      sockaddr_in6 in6{};
-      std::memcpy(&in6, addr, sizeof in6);
-      char buf[INET6_ADDRSTRLEN] = {};
-      inet_ntop(AF_INET6, &in6.sin6_addr, buf, sizeof buf);
-      ep.host = buf;
-      ep.port = ntohs(in6.sin6_port);
+      if (auto ip = ip_address_of(addr, len)) {
+        ep.host = ip->host_text();
+        ep.port = ip->port;
+      }
       return ep;
     }
     case AF_UNIX: {
@@ -247,6 +235,52 @@ Endpoint from_sockaddr(const sockaddr* addr, socklen_t len) {
     default:
       return ep;
   }
+}
+
+std::optional<IpAddress> ip_address_of(const sockaddr* addr, socklen_t len) {
+  if (addr == nullptr) return std::nullopt;
+  IpAddress ip;
+  ip.family = addr->sa_family;
+  // Copied out: `addr` may point into a byte buffer with no alignment to speak of.
+  if (ip.family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+    sockaddr_in in4{};
+    std::memcpy(&in4, addr, sizeof in4);
+    ip.v4 = in4.sin_addr;
+    ip.port = ntohs(in4.sin_port);
+    return ip;
+  }
+  if (ip.family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+    sockaddr_in6 in6{};
+    std::memcpy(&in6, addr, sizeof in6);
+    ip.v6 = in6.sin6_addr;
+    ip.port = ntohs(in6.sin6_port);
+    return ip;
+  }
+  return std::nullopt;
+}
+
+SockAddr to_sockaddr(const IpAddress& ip) {
+  SockAddr out;
+  if (ip.family == AF_INET) {
+    auto& in4 = reinterpret_cast<sockaddr_in&>(out.storage);
+    in4.sin_family = AF_INET;
+    in4.sin_port = htons(ip.port);
+    in4.sin_addr = ip.v4;
+    out.len = sizeof in4;
+  } else {
+    auto& in6 = reinterpret_cast<sockaddr_in6&>(out.storage);
+    in6.sin6_family = AF_INET6;
+    in6.sin6_port = htons(ip.port);
+    in6.sin6_addr = ip.v6;
+    out.len = sizeof in6;
+  }
+  return out;
+}
+
+std::string IpAddress::host_text() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, family == AF_INET ? static_cast<const void*>(&v4) : static_cast<const void*>(&v6), buf, sizeof buf);
+  return buf;
 }
 
 std::string format_sockaddr(const sockaddr* addr, socklen_t len) {

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -54,6 +55,21 @@ Result<SockAddr> to_sockaddr(const Endpoint& endpoint);
 // The inverse, for getsockname/getpeername/recvfrom results.
 Endpoint from_sockaddr(const sockaddr* addr, socklen_t len);
 std::string format_sockaddr(const sockaddr* addr, socklen_t len);
+
+// An IPv4 or IPv6 address with its port, taken apart from (or put into) a sockaddr:
+// the one place that knows the two layouts, for code that works on the address itself
+// (PROXY headers, PKTINFO, text).
+struct IpAddress {
+  int family = AF_UNSPEC;  // AF_INET (v4 holds the address) or AF_INET6 (v6 does)
+  in_addr v4{};
+  in6_addr v6{};
+  std::uint16_t port = 0;  // host order
+
+  std::string host_text() const;  // "192.0.2.1", "2001:db8::1": no port, no brackets
+};
+// nullopt for any other family, or a length too short for the family's sockaddr.
+std::optional<IpAddress> ip_address_of(const sockaddr* addr, socklen_t len);
+SockAddr to_sockaddr(const IpAddress& ip);
 
 // True for IPv4 224.0.0.0/4 and IPv6 ff00::/8 literals.
 bool is_multicast_address(std::string_view ip_literal);

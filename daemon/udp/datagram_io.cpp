@@ -17,6 +17,7 @@
 #include <system_error>
 #include <utility>
 
+#include "net/endpoint.hpp"
 #include "net/socket_options.hpp"
 
 namespace echorelay::udp {
@@ -27,6 +28,17 @@ constexpr std::size_t kSourceHardCap = 4 * kSourceSoftCap;  // past this after a
 constexpr auto kSourceIdle = std::chrono::seconds(10);
 constexpr auto kSweepInterval = std::chrono::seconds(1);
 constexpr auto kWarnInterval = std::chrono::seconds(10);
+
+// One control message holding `value`, written at `out`; its space, for msg_controllen.
+template <class T>
+socklen_t put_cmsg(unsigned char* out, int level, int type, const T& value) {
+  auto* h = reinterpret_cast<cmsghdr*>(out);
+  h->cmsg_level = level;
+  h->cmsg_type = type;
+  h->cmsg_len = CMSG_LEN(sizeof value);
+  std::memcpy(CMSG_DATA(h), &value, sizeof value);
+  return CMSG_SPACE(sizeof value);
+}
 
 }  // namespace
 
@@ -214,12 +226,7 @@ socklen_t reply_control(const unsigned char* control, socklen_t control_len, uns
       // ipi_spec_dst is the local address for a unicast datagram and an address of the
       // receiving interface for a multicast one: a valid source either way.
       info.ipi_spec_dst = got.ipi_spec_dst;
-      auto* h = reinterpret_cast<cmsghdr*>(out);
-      h->cmsg_level = IPPROTO_IP;
-      h->cmsg_type = IP_PKTINFO;
-      h->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(h), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
+      return put_cmsg(out, IPPROTO_IP, IP_PKTINFO, info);
     }
     if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
       in6_pktinfo got;
@@ -228,12 +235,7 @@ socklen_t reply_control(const unsigned char* control, socklen_t control_len, uns
       if (IN6_IS_ADDR_MULTICAST(&got.ipi6_addr)) return 0;
       in6_pktinfo info{};
       info.ipi6_addr = got.ipi6_addr;
-      auto* h = reinterpret_cast<cmsghdr*>(out);
-      h->cmsg_level = IPPROTO_IPV6;
-      h->cmsg_type = IPV6_PKTINFO;
-      h->cmsg_len = CMSG_LEN(sizeof info);
-      std::memcpy(CMSG_DATA(h), &info, sizeof info);
-      return CMSG_SPACE(sizeof info);
+      return put_cmsg(out, IPPROTO_IPV6, IPV6_PKTINFO, info);
     }
   }
   return 0;
@@ -245,33 +247,28 @@ bool destination_address(const unsigned char* control, socklen_t control_len, st
   msghdr m{};
   m.msg_control = const_cast<unsigned char*>(control);
   m.msg_controllen = control_len;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+  net::IpAddress to;
+  to.port = port;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr && to.family == AF_UNSPEC; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
       in_pktinfo got;
       std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      out = {};
-      auto& in4 = reinterpret_cast<sockaddr_in&>(out);
-      in4.sin_family = AF_INET;
-      in4.sin_port = htons(port);
       // ipi_addr is the header's destination (unlike ipi_spec_dst, the group for a
       // multicast datagram): what the client addressed.
-      in4.sin_addr = got.ipi_addr;
-      out_len = sizeof in4;
-      return true;
-    }
-    if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+      to.family = AF_INET;
+      to.v4 = got.ipi_addr;
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
       in6_pktinfo got;
       std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      out = {};
-      auto& in6 = reinterpret_cast<sockaddr_in6&>(out);
-      in6.sin6_family = AF_INET6;
-      in6.sin6_port = htons(port);
-      in6.sin6_addr = got.ipi6_addr;
-      out_len = sizeof in6;
-      return true;
+      to.family = AF_INET6;
+      to.v6 = got.ipi6_addr;
     }
   }
-  return false;
+  if (to.family == AF_UNSPEC) return false;
+  const net::SockAddr addr = net::to_sockaddr(to);
+  out = addr.storage;
+  out_len = addr.len;
+  return true;
 }
 
 Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listener, obs::ListenerCounters& counters,

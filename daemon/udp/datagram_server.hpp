@@ -6,9 +6,15 @@
 
 namespace echorelay::udp {
 
+// A server's destructor runs once the loops have stopped, or once stop()'s `stopped`
+// has run: what is still registered on a Poller is taken off there, which only the
+// loop's own thread may do while it runs.
 class DatagramServer {
  public:
+  DatagramServer() = default;
   virtual ~DatagramServer() = default;
+  DatagramServer(const DatagramServer&) = delete;
+  DatagramServer& operator=(const DatagramServer&) = delete;
   // Before the worker loops run; throws when the kernel refuses (names the listener).
   virtual void start() = 0;
   // Every worker lets go of the sockets on its own loop, after serving, when `sweep`,

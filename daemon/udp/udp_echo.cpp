@@ -15,8 +15,10 @@
 #include "udp/datagram_readers.hpp"
 
 namespace echorelay::udp {
+namespace {
 
-struct EchoServer::Impl {
+class EchoServer final : public DatagramServer {
+ public:
   // A worker's reply batch: only that worker's thread touches it.
   struct Replies {
     std::array<mmsghdr, kBatch> msgs{};
@@ -24,8 +26,8 @@ struct EchoServer::Impl {
     alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> control{};
   };
 
-  Impl(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-       std::vector<net::LoopRef> loops)
+  EchoServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
+             std::vector<net::LoopRef> loops)
       : name_(listener.name),
         counters_(counters),
         deny_our_ports_(listener.deny_own_ports),
@@ -35,7 +37,7 @@ struct EchoServer::Impl {
         readers_(listener, std::move(sockets), counters, std::move(loops),
                  [this](ReceivedBatch& batch) { answer(batch); }) {}
 
-  void start() {
+  void start() override {
     if (queue_setting_ != config::Listener{}.queue) {
       spdlog::warn("udp {}: queue = {} has no effect on an echo listener: its workers answer each datagram as "
                    "they read it, and datagrams wait in the socket's receive buffer (size it with recv_buffer)",
@@ -46,7 +48,7 @@ struct EchoServer::Impl {
                  readers_.readers_per_socket());
   }
 
-  void stop(bool sweep, std::function<void()> stopped) { readers_.stop(sweep, std::move(stopped)); }
+  void stop(bool sweep, std::function<void()> stopped) override { readers_.stop(sweep, std::move(stopped)); }
 
  private:
   void answer(ReceivedBatch& batch) {
@@ -103,15 +105,11 @@ struct EchoServer::Impl {
   DatagramReaders readers_;  // last: its destructor stops serving before the rest goes
 };
 
-EchoServer::EchoServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-                       std::vector<net::LoopRef> loops)
-    : impl_(std::make_unique<Impl>(listener, std::move(sockets), counters, std::move(loops))) {}
+}  // namespace
 
-EchoServer::~EchoServer() = default;
-
-void EchoServer::start() { impl_->start(); }
-void EchoServer::stop(bool sweep_sockets, std::function<void()> stopped) {
-  impl_->stop(sweep_sockets, std::move(stopped));
+std::unique_ptr<DatagramServer> make_echo_server(const config::Listener& listener, std::vector<int> sockets,
+                                                 obs::ListenerCounters& counters, std::vector<net::LoopRef> loops) {
+  return std::make_unique<EchoServer>(listener, std::move(sockets), counters, std::move(loops));
 }
 
 }  // namespace echorelay::udp

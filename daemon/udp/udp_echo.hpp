@@ -5,7 +5,6 @@
 // them; multicast membership is set there through net/multicast.hpp).
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <vector>
 
@@ -16,28 +15,12 @@
 
 namespace echorelay::udp {
 
-class EchoServer final : public DatagramServer {
- public:
-  // `sockets`: bound, non-blocking datagram sockets of this listener (one unless
-  // `sockets` > 1 with SO_REUSEPORT). The server does not close them: the caller keeps
-  // ownership so they can be handed to a successor. `loops`: the daemon's workers;
-  // each socket is read by `workers` of them (0 = all).
-  EchoServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-             std::vector<net::LoopRef> loops);
-  // The loops must have stopped running, or stop()'s `stopped` have run: what is still
-  // registered is taken off the pollers here, which only the loop's own thread may do.
-  ~EchoServer();
-  EchoServer(const EchoServer&) = delete;
-  EchoServer& operator=(const EchoServer&) = delete;
-
-  // See DatagramServer. A process closing the sockets for good (SIGTERM) sweeps: it is
-  // the last to read what they hold.
-  void start() override;
-  void stop(bool sweep_sockets, std::function<void()> stopped) override;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
+// `sockets`: bound, non-blocking datagram sockets of this listener (one unless
+// `sockets` > 1 with SO_REUSEPORT). The server does not close them: the caller keeps
+// ownership so they can be handed to a successor. `loops`: the daemon's workers; each
+// socket is read by `workers` of them (0 = all). Its stop() sweeps when asked: a
+// process closing the sockets for good (SIGTERM) is the last to read what they hold.
+std::unique_ptr<DatagramServer> make_echo_server(const config::Listener& listener, std::vector<int> sockets,
+                                                 obs::ListenerCounters& counters, std::vector<net::LoopRef> loops);
 
 }  // namespace echorelay::udp

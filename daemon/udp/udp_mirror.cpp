@@ -1,4 +1,4 @@
-// MirrorServer; see udp_mirror.hpp.
+// The UDP mirror; see udp_mirror.hpp.
 //
 // Why a raw socket for preserve_source rather than IP_TRANSPARENT: a transparent socket
 // must be bound to each exporter's address and port, one socket per exporter and
@@ -135,9 +135,8 @@ net::Fd raw_socket(int family, const std::string& listener) {
   return fd;
 }
 
-}  // namespace
-
-struct MirrorServer::Impl {
+class MirrorServer final : public DatagramServer {
+ public:
   // A collector, shared by every worker.
   struct Upstream {
     Upstream(const net::Endpoint& e, std::uint32_t s, obs::ListenerCounters& c)
@@ -225,8 +224,8 @@ struct MirrorServer::Impl {
     std::array<sockaddr_storage, kBatch> to{};
   };
 
-  Impl(const config::Listener& listener, std::vector<int> sockets, obs::Registry& metrics,
-       std::vector<net::LoopRef> loops, upstream::Resolver* resolver, boost::asio::io_context& control)
+  MirrorServer(const config::Listener& listener, std::vector<int> sockets, obs::Registry& metrics,
+               std::vector<net::LoopRef> loops, upstream::Resolver* resolver, boost::asio::io_context& control)
       : name_(listener.name),
         preserve_source_(listener.preserve_source),
         resolver_(resolver),
@@ -249,7 +248,7 @@ struct MirrorServer::Impl {
     }
   }
 
-  ~Impl() {
+  ~MirrorServer() override {
     resolve_timer_.cancel();
     *alive_ = false;
     // The links are on the workers' pollers: taken off there (see DatagramReaders).
@@ -270,7 +269,7 @@ struct MirrorServer::Impl {
     for (auto& f : closed) f.wait();
   }
 
-  void start() {
+  void start() override {
     bool names = false;
     for (auto& u : upstreams_) {
       if (u->endpoint.is_ip_literal()) {
@@ -299,7 +298,7 @@ struct MirrorServer::Impl {
                  readers_.readers_per_socket());
   }
 
-  void stop(bool sweep, std::function<void()> stopped) {
+  void stop(bool sweep, std::function<void()> stopped) override {
     resolve_timer_.cancel();
     readers_.stop(sweep, std::move(stopped));
   }
@@ -340,7 +339,7 @@ struct MirrorServer::Impl {
 
   void fan_out(ReceivedBatch& batch) {
     Worker& w = *workers_[batch.worker];
-    if (w.links.empty()) return;  // being destroyed (see ~Impl)
+    if (w.links.empty()) return;  // being destroyed (see ~MirrorServer)
     for (std::size_t u = 0; u < upstreams_.size(); ++u) {
       Upstream& up = *upstreams_[u];
       // Which of the batch this collector takes: with sample N, those whose place in
@@ -467,16 +466,12 @@ struct MirrorServer::Impl {
   DatagramReaders readers_;  // last: destroyed first, so no batch runs on what went
 };
 
-MirrorServer::MirrorServer(const config::Listener& listener, std::vector<int> sockets, obs::Registry& metrics,
-                           std::vector<net::LoopRef> loops, upstream::Resolver* resolver,
-                           boost::asio::io_context& control)
-    : impl_(std::make_unique<Impl>(listener, std::move(sockets), metrics, std::move(loops), resolver, control)) {}
+}  // namespace
 
-MirrorServer::~MirrorServer() = default;
-
-void MirrorServer::start() { impl_->start(); }
-void MirrorServer::stop(bool sweep_sockets, std::function<void()> stopped) {
-  impl_->stop(sweep_sockets, std::move(stopped));
+std::unique_ptr<DatagramServer> make_mirror_server(const config::Listener& listener, std::vector<int> sockets,
+                                                   obs::Registry& metrics, std::vector<net::LoopRef> loops,
+                                                   upstream::Resolver* resolver, boost::asio::io_context& control) {
+  return std::make_unique<MirrorServer>(listener, std::move(sockets), metrics, std::move(loops), resolver, control);
 }
 
 }  // namespace echorelay::udp

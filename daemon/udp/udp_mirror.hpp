@@ -10,7 +10,6 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
-#include <functional>
 #include <memory>
 #include <vector>
 
@@ -25,27 +24,13 @@ class Resolver;
 
 namespace echorelay::udp {
 
-class MirrorServer final : public DatagramServer {
- public:
-  // `sockets` are borrowed (kept by the caller for a successor). `resolver` is needed
-  // only when an upstream is a host name; names are resolved on `control` and
-  // re-resolved as their answers expire. Per-upstream counters come from `metrics`.
-  MirrorServer(const config::Listener& listener, std::vector<int> sockets, obs::Registry& metrics,
-               std::vector<net::LoopRef> loops, upstream::Resolver* resolver, boost::asio::io_context& control);
-  // As udp::EchoServer: the loops must have stopped, or stop()'s `stopped` have run.
-  ~MirrorServer();
-  MirrorServer(const MirrorServer&) = delete;
-  MirrorServer& operator=(const MirrorServer&) = delete;
-
-  // Before the loops run. Throws std::system_error naming the listener when the kernel
-  // refuses (preserve_source without CAP_NET_RAW names the capability).
-  void start() override;
-  // See DatagramServer.
-  void stop(bool sweep_sockets, std::function<void()> stopped) override;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
+// `sockets` are borrowed (kept by the caller for a successor). `resolver` is needed
+// only when an upstream is a host name; names are resolved on `control` and
+// re-resolved as their answers expire. Per-upstream counters come from `metrics`. Its
+// start() throws std::system_error naming the listener when the kernel refuses
+// (preserve_source without CAP_NET_RAW names the capability).
+std::unique_ptr<DatagramServer> make_mirror_server(const config::Listener& listener, std::vector<int> sockets,
+                                                   obs::Registry& metrics, std::vector<net::LoopRef> loops,
+                                                   upstream::Resolver* resolver, boost::asio::io_context& control);
 
 }  // namespace echorelay::udp

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <optional>
 
+#include "net/endpoint.hpp"
+
 namespace echorelay::upstream {
 namespace {
 
@@ -30,35 +32,8 @@ constexpr std::uint8_t kFamUnixStream = 0x31;
 constexpr std::uint8_t kFamUnixDgram = 0x32;
 constexpr std::size_t kUnixAddrLen = 108;  // the spec's fixed sun_path width, whatever the OS says
 
-// One side of an IP connection, already reduced to the family the header will use.
-struct IpSide {
-  int family = AF_UNSPEC;  // AF_INET or AF_INET6
-  in_addr v4{};
-  in6_addr v6{};
-  std::uint16_t port = 0;  // host order
-};
-
-std::optional<IpSide> ip_side(const sockaddr* addr, socklen_t len) {
-  if (addr == nullptr) return std::nullopt;
-  IpSide side;
-  if (addr->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
-    sockaddr_in sin{};
-    std::memcpy(&sin, addr, sizeof sin);
-    side.family = AF_INET;
-    side.v4 = sin.sin_addr;
-    side.port = ntohs(sin.sin_port);
-    return side;
-  }
-  if (addr->sa_family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
-    sockaddr_in6 sin6{};
-    std::memcpy(&sin6, addr, sizeof sin6);
-    side.family = AF_INET6;
-    side.v6 = sin6.sin6_addr;
-    side.port = ntohs(sin6.sin6_port);
-    return side;
-  }
-  return std::nullopt;
-}
+// One side of an IP connection; reconcile() reduces both to the family the header uses.
+using IpSide = net::IpAddress;
 
 bool is_v4_mapped(const in6_addr& a) { return IN6_IS_ADDR_V4MAPPED(&a); }
 
@@ -100,16 +75,6 @@ void reconcile(IpSide& a, IpSide& b) {
       s->family = AF_INET6;
     }
   }
-}
-
-std::string ip_text(const IpSide& side) {
-  char buf[INET6_ADDRSTRLEN] = {};
-  if (side.family == AF_INET) {
-    inet_ntop(AF_INET, &side.v4, buf, sizeof buf);
-  } else {
-    inet_ntop(AF_INET6, &side.v6, buf, sizeof buf);
-  }
-  return buf;
 }
 
 void append_u16(std::string& out, std::uint16_t value) {
@@ -155,14 +120,14 @@ std::string v2_prefix(std::uint8_t fam, std::uint16_t length) {
 
 std::string proxy_v1_header(const sockaddr* source, socklen_t source_len, const sockaddr* destination,
                             socklen_t destination_len) {
-  auto src = ip_side(source, source_len);
-  auto dst = ip_side(destination, destination_len);
+  auto src = net::ip_address_of(source, source_len);
+  auto dst = net::ip_address_of(destination, destination_len);
   if (!src || !dst) return "PROXY UNKNOWN\r\n";
   reconcile(*src, *dst);
   std::string out = src->family == AF_INET ? "PROXY TCP4 " : "PROXY TCP6 ";
-  out += ip_text(*src);
+  out += src->host_text();
   out += ' ';
-  out += ip_text(*dst);
+  out += dst->host_text();
   out += ' ';
   out += std::to_string(src->port);
   out += ' ';
@@ -179,8 +144,8 @@ std::string proxy_v2_header(const sockaddr* source, socklen_t source_len, const 
     append_unix_path(out, destination, destination_len);
     return out;
   }
-  auto src = ip_side(source, source_len);
-  auto dst = ip_side(destination, destination_len);
+  auto src = net::ip_address_of(source, source_len);
+  auto dst = net::ip_address_of(destination, destination_len);
   if (!src || !dst) {
     // Mixed or unknown families cannot be expressed; the spec's answer is AF_UNSPEC
     // with no address block, which tells the receiver to use the real endpoints.

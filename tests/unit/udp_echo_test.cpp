@@ -1,5 +1,5 @@
-// EchoServer and join_multicast driven over real loopback sockets that the tests bind
-// themselves. Multicast never leaves the host: every sender pins IP_MULTICAST_IF to
+// The UDP echo server (make_echo_server) and join_multicast driven over real loopback
+// sockets that the tests bind themselves. Multicast never leaves the host: every sender pins IP_MULTICAST_IF to
 // 127.0.0.1 with TTL 0, or runs in a network namespace the test creates.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -63,24 +63,24 @@ config::Listener udp_listener(unsigned workers = 2) {
   return l;
 }
 
-// An EchoServer started on two worker loops of its own (running unless `run` is false);
+// An echo server started on two worker loops of its own (running unless `run` is false);
 // stop() returns once every worker has let go of the sockets.
 struct ServedEcho {
   ServedEcho(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
              bool run = true)
-      : loops(2), server(listener, std::move(sockets), counters, loops.refs()) {
-    server.start();
+      : loops(2), server(make_echo_server(listener, std::move(sockets), counters, loops.refs())) {
+    server->start();
     if (run) loops.run();
   }
   void stop(bool sweep = false) {
     if (stopped) return;
     stopped = true;
     std::promise<void> done;
-    server.stop(sweep, [&done] { done.set_value(); });
+    server->stop(sweep, [&done] { done.set_value(); });
     done.get_future().wait();
   }
   Loops loops;
-  EchoServer server;
+  std::unique_ptr<DatagramServer> server;
   bool stopped = false;
 };
 
@@ -381,7 +381,7 @@ TEST(UdpEcho, StopLeavesTheSocketOpenAndAnswersWhatWasTaken) {
   ServedEcho echo(udp_listener(1), {server.get()}, counters);
   ASSERT_TRUE(wait_until([&] { return counters.datagrams_received.load() > 0; }));
   echo.stop();
-  echo.server.stop(false, [] { ADD_FAILURE() << "a second stop() ran its callback"; });  // idempotent
+  echo.server->stop(false, [] { ADD_FAILURE() << "a second stop() ran its callback"; });  // idempotent
   const std::uint64_t taken = counters.datagrams_received.load();
 
   // Everything taken before the stop is answered; nothing more is taken.

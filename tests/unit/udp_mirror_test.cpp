@@ -1,5 +1,5 @@
-// udp::MirrorServer driven over loopback sockets the tests bind themselves: fan-out to
-// every collector, exact 1-in-N sampling, allow_sources, one-way (collectors' replies
+// The UDP mirror (udp::make_mirror_server) driven over loopback sockets the tests bind
+// themselves: fan-out to every collector, exact 1-in-N sampling, allow_sources, one-way (collectors' replies
 // never reach the exporter), a dead collector not slowing the others, and per-upstream
 // counters. Names, preserve_source and hot restarts are tested against the real binary
 // (tests/integration/mirror_test.cpp).
@@ -57,18 +57,18 @@ std::vector<std::string> drain(int fd, std::size_t expected) {
 
 struct ServedMirror {
   ServedMirror(const config::Listener& listener, std::vector<int> sockets, obs::Registry& metrics)
-      : loops(1), server(listener, std::move(sockets), metrics, loops.refs(), nullptr, control) {
-    server.start();
+      : loops(1), server(make_mirror_server(listener, std::move(sockets), metrics, loops.refs(), nullptr, control)) {
+    server->start();
     loops.run();
   }
   ~ServedMirror() {
     std::promise<void> done;
-    server.stop(false, [&done] { done.set_value(); });
+    server->stop(false, [&done] { done.set_value(); });
     done.get_future().wait();
   }
   boost::asio::io_context control;
   Loops loops;
-  MirrorServer server;
+  std::unique_ptr<DatagramServer> server;
 };
 
 TEST(UdpMirror, EveryCollectorGetsEveryDatagramAndASampledOneExactlyOneInN) {
