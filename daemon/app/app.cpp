@@ -133,7 +133,7 @@ struct App::Impl {
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
   std::vector<std::unique_ptr<udp::DatagramServer>> udp_servers;  // echo and mirror, on the workers
   std::vector<listen::OpenListener*> udp_server_listeners;  // udp_servers[i] serves udp_server_listeners[i]
-  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;
+  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;  // on the workers; their sessions reply until exit
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
   std::unique_ptr<lifecycle::Restarter> restarter;
@@ -241,7 +241,7 @@ void App::Impl::start_serving() {
       std::vector<int> fds;
       for (auto& fd : open.fds) fds.push_back(fd.get());
       if (relays) {
-        auto server = std::make_unique<udp::RelayServer>(spec, std::move(fds), counters, *resolver);
+        auto server = std::make_unique<udp::RelayServer>(spec, std::move(fds), counters, loops, *resolver);
         server->start();
         udp_relays.push_back(std::move(server));
       } else {
@@ -260,13 +260,14 @@ void App::Impl::start_serving() {
   pool.start();
 }
 
-// Acceptors first (they hand connections to workers), then the UDP relay threads, then
-// the workers; what the workers served goes once no loop runs, and the relay state
-// they all use goes last.
+// Acceptors first (they hand connections to workers), then the workers; what the
+// workers served goes once no loop runs (a UDP relay closes its sessions then, also when
+// the loops never ran because the start failed), and the relay state they all use goes
+// last.
 void App::Impl::stop_serving() {
   acceptors.clear();
-  for (auto& u : udp_relays) u->stop();
   pool.stop();
+  udp_relays.clear();
   udp_servers.clear();
   relay_listeners.clear();
   resolver.reset();

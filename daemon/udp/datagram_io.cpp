@@ -2,9 +2,7 @@
 // Behaviour moved here unchanged from the echo server.
 #include "udp/datagram_io.hpp"
 
-#include <poll.h>
 #include <sys/mman.h>
-#include <pthread.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -296,36 +294,6 @@ Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listen
     ++done;
   }
   return total;
-}
-
-void name_thread(const char* prefix, std::size_t index) {
-  const std::string name = prefix + std::to_string(index);
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
-}
-
-void read_until_stopped(const std::string& listener, int fd, int wake_fd, const std::atomic<bool>& stop,
-                        WarnGate& warnings, const std::function<void()>& drain) {
-  pollfd fds[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
-  while (!stop.load(std::memory_order_acquire)) {
-    const int n = ::poll(fds, 2, -1);
-    if (n < 0) {
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (is_impossible(err)) fatal(listener, "poll", err);
-      warnings.warn(listener, "poll", err);
-      ::poll(nullptr, 0, kPollBackoffMs);  // ENOMEM: back off instead of spinning
-      continue;
-    }
-    if (fds[1].revents != 0) break;
-    if ((fds[0].revents & POLLNVAL) != 0) fatal(listener, "poll", EBADF);
-    drain();
-  }
-}
-
-void wake_readers(std::atomic<bool>& stop, int wake_fd) {
-  stop.store(true, std::memory_order_release);
-  const std::uint64_t one = 1;
-  [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
 }
 
 }  // namespace echorelay::udp

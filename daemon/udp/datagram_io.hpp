@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,8 +32,6 @@ using Clock = std::chrono::steady_clock;
 inline constexpr unsigned kBatch = 32;
 // Room for one IP_PKTINFO and one IPV6_PKTINFO: a dual-stack socket may carry either.
 inline constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo));
-// How long a reader thread backs off when poll fails for want of memory.
-inline constexpr int kPollBackoffMs = 10;
 
 // For errors on our own fd, which no peer can cause: log and abort.
 [[noreturn]] void fatal(const std::string& listener, const char* call, int err);
@@ -79,7 +76,7 @@ class WarnGate {
 std::uint16_t source_port(const sockaddr_storage& addr);
 
 // Token buckets per source address (rate datagrams/s, burst of one second's worth),
-// shared by all of a listener's reader threads: with SO_REUSEPORT the kernel hashes
+// shared by all of a listener's readers: with SO_REUSEPORT the kernel hashes
 // each source address *and port* to a socket, so one host's ports spread over the
 // sockets and a per-socket limit would let it send `sockets` times the rate.
 class SourceLimiter {
@@ -158,36 +155,5 @@ struct Sent {
 };
 Sent send_datagrams(int fd, mmsghdr* msgs, unsigned n, const std::string& listener, obs::ListenerCounters& counters,
                     WarnGate& gate);
-
-// pthread name "<prefix><index>", cut to the kernel's 15 bytes.
-void name_thread(const char* prefix, std::size_t index);
-
-// Sets `stop` and writes the eventfd `wake_fd`, which stays readable (level-triggered:
-// every reader polling it wakes, and it is never read).
-void wake_readers(std::atomic<bool>& stop, int wake_fd);
-
-// A reader thread's loop: waits for `fd` to become readable and calls `drain`, until
-// `stop` is set or `wake_fd` (see wake_readers) fires. A failed poll is warned through
-// `warnings` and backed off (ENOMEM must not spin); a bad fd of our own is fatal.
-void read_until_stopped(const std::string& listener, int fd, int wake_fd, const std::atomic<bool>& stop,
-                        WarnGate& warnings, const std::function<void()>& drain);
-
-// A server's stop_reading(): wakes its reader threads (each has a std::thread `thread`)
-// and joins them under `lifecycle`. True when this call joined any, so the caller logs
-// once however often it is called.
-template <typename Reader>
-bool stop_reader_threads(std::atomic<bool>& stop, int wake_fd, std::mutex& lifecycle,
-                         std::vector<std::unique_ptr<Reader>>& readers) {
-  wake_readers(stop, wake_fd);
-  std::lock_guard guard(lifecycle);
-  bool joined = false;
-  for (auto& r : readers) {
-    if (r->thread.joinable()) {
-      r->thread.join();
-      joined = true;
-    }
-  }
-  return joined;
-}
 
 }  // namespace echorelay::udp

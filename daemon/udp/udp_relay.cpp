@@ -1,75 +1,78 @@
-// UDP relay. Reader threads filter client datagrams and hand each to the worker owning
-// its client's shard of the session table (seeded hash of the address); a worker owns
-// its sessions, their connected upstream sockets and one epoll set, so finding a
-// session takes no lock. A multicast listener fans out from the reader instead.
-// Listener sockets are borrowed (never closed here); upstream sockets are owned.
+// UDP relay on the daemon's workers. DatagramReaders reads the listener's sockets on
+// the workers' Pollers (source policy, truncation, kernel drops, counters). Every client
+// address has one owner among the loops (a seeded hash of the address), which keeps
+// the client's session: its connected upstream socket on that loop's Poller, its place
+// in the loop's LRU list, expiry and eviction, so finding a session takes no lock. A
+// batch read on one loop serves its own clients at once and copies the others into
+// their owners' bounded inboxes. A multicast listener fans out on the loop that read
+// the batch. Listener sockets are borrowed (never closed here); upstream sockets are
+// owned.
 #include "udp/udp_relay.hpp"
 
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
-#include <boost/asio/require.hpp>
-#include <boost/asio/system_executor.hpp>
 #include <spdlog/spdlog.h>
-
-#include "obs/log.hpp"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cerrno>
-#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <list>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <optional>
 #include <random>
 #include <string>
 #include <system_error>
-#include <thread>
 #include <unordered_map>
 
 #include "net/fd.hpp"
-#include "net/own_listeners.hpp"
-#include "upstream/proxy_protocol.hpp"
 #include "net/multicast.hpp"
-#include "udp/datagram_io.hpp"
+#include "net/own_listeners.hpp"
 #include "net/socket_options.hpp"
+#include "obs/log.hpp"
+#include "udp/datagram_io.hpp"
+#include "udp/datagram_readers.hpp"
+#include "upstream/proxy_protocol.hpp"
+#include "upstream/resolver.hpp"
+#include "upstream/upstream_pool.hpp"
 
 namespace echorelay::udp {
 
-// max_sessions = 0: each session holds an fd, so by default a UDP relay gets at most half
-// of RLIMIT_NOFILE; the oldest idle session makes room for a new one beyond that.
-static std::uint64_t default_max_sessions() {
-  rlimit nofile{};
-  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return 0;
-  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(nofile.rlim_cur) / 2);
-}
 namespace {
 
 using Upstream = upstream::UpstreamPool::Upstream;
 using namespace std::chrono_literals;
 
+// max_sessions = 0: each session holds an fd, so by default a UDP relay gets at most half
+// of RLIMIT_NOFILE; the oldest idle session makes room for a new one beyond that.
+std::uint64_t default_max_sessions() {
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return 0;
+  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(nofile.rlim_cur) / 2);
+}
+
 // Datagrams held per session while its upstream's name is being resolved.
 constexpr std::size_t kMaxHeld = 8;
-// A named upstream is asked for again after this; the Resolver caches by TTL, so
-// this only bounds how stale our copy of its answer gets.
+// Names are asked for again this often; the Resolver caches by TTL, so this only
+// bounds how stale our copy of an answer gets.
 constexpr auto kRefresh = upstream::kSystemResolverCacheTtl;
-// After a failed resolution, sessions fail fast for this long instead of re-asking.
+// A name that has never resolved is asked again after this; meanwhile sessions that
+// need it fail fast instead of waiting.
 constexpr auto kResolveRetry = 1s;
 // Reply batches read per readiness event before other sessions get a turn.
 constexpr unsigned kReplyBatchesPerEvent = 4;
-// Inbox batches per worker turn before epoll is polled (without waiting) again.
+// Inbox batches per turn before the loop's other handlers get theirs.
 constexpr unsigned kInboxBatchesPerTurn = 8;
-constexpr int kEpollEvents = 64;
 
 std::int64_t to_ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -128,167 +131,97 @@ bool is_upstream_error(int err) {
          err == ECONNRESET;
 }
 
-// Upstream addresses. IP literals are converted once; names go through the Resolver
-// and are asked again after kRefresh with the previous answer still served meanwhile
-// (a changed record is followed without a restart, and no datagram waits for a
-// refresh). Answers arrive on Asio's system executor, whose threads live as long as
-// the process: an executor of our own could be destroyed while the resolver thread is
-// still inside post() to it. Each answer holds the shared state, so stop() never waits
-// for the resolver.
-class AddressBook {
- public:
-  enum class Lookup { Ready, Pending, Failed };
-
-  AddressBook(const std::vector<net::Endpoint>& upstreams, upstream::Resolver& resolver, std::string listener)
-      : state_(std::make_shared<State>(resolver, std::move(listener))) {
-    for (const auto& ep : upstreams) {
-      auto e = std::make_unique<Entry>();
-      e->endpoint = ep;
-      if (ep.is_ip_literal()) {
-        auto sa = net::to_sockaddr(ep);
-        if (sa) e->literal = *sa;
-      }
-      state_->entries.push_back(std::move(e));
-    }
+// An upstream's address as one loop knows it: set once for an IP literal; for a name,
+// changed only by what the first loop posts after the resolver's answers.
+struct Address {
+  std::optional<net::SockAddr> address;
+  bool failed = false;  // no address, and none is coming: the latest answer failed
+  bool operator==(const Address& o) const {
+    if (failed != o.failed || address.has_value() != o.address.has_value()) return false;
+    return !address || (address->len == o.address->len && std::memcmp(&address->storage, &o.address->storage,
+                                                                      address->len) == 0);
   }
-
-  ~AddressBook() { stop(); }
-
-  // `on_change` runs on a resolver-answer thread after each answer, until stop().
-  // Resolution of every name starts now, so the first datagrams rarely wait for it.
-  void start(std::function<void()> on_change) {
-    {
-      std::lock_guard lock(state_->change_mutex);
-      state_->on_change = std::move(on_change);
-    }
-    net::SockAddr ignored;
-    for (auto& e : state_->entries) {
-      if (!e->literal) (void)lookup(e->endpoint, ignored);
-    }
-  }
-
-  // After it returns on_change is never called again. Idempotent.
-  void stop() {
-    state_->stopped.store(true, std::memory_order_release);
-    std::lock_guard lock(state_->change_mutex);
-    state_->on_change = nullptr;
-  }
-
-  // Any thread. Ready: `out` is the upstream's address.
-  Lookup lookup(const net::Endpoint& endpoint, net::SockAddr& out) {
-    Entry* e = find(endpoint);
-    if (e == nullptr) return Lookup::Failed;
-    if (e->literal) {
-      out = *e->literal;
-      return Lookup::Ready;
-    }
-    if (e->endpoint.kind != net::Endpoint::Kind::Inet) return Lookup::Failed;
-    Lookup result = Lookup::Pending;
-    {
-      std::lock_guard lock(e->mutex);
-      const auto now = Clock::now();
-      if (e->resolved) {
-        out = *e->resolved;
-        result = Lookup::Ready;
-        if (now - e->resolved_at <= kRefresh || e->in_flight) return result;
-      } else if (e->in_flight) {
-        return Lookup::Pending;
-      } else if (e->failed && now - e->failed_at < kResolveRetry) {
-        return Lookup::Failed;
-      }
-      if (state_->stopped.load(std::memory_order_acquire)) return e->resolved ? result : Lookup::Failed;
-      e->in_flight = true;
-    }
-    // Outside the entry's lock, in case an answer ever comes back on this thread.
-    const auto executor =
-        boost::asio::require(boost::asio::system_executor(), boost::asio::execution::blocking.never);
-    state_->resolver.resolve(e->endpoint.host, e->endpoint.port, executor,
-                             [state = state_, e](Result<upstream::Addresses> answer) {
-                               answered(*state, *e, std::move(answer));
-                             });
-    return result;
-  }
-
- private:
-  struct Entry {
-    net::Endpoint endpoint;
-    std::optional<net::SockAddr> literal;  // set once, before any thread starts
-    std::mutex mutex;                      // guards the rest
-    std::optional<net::SockAddr> resolved;
-    Clock::time_point resolved_at{};
-    Clock::time_point failed_at{};
-    bool failed = false;
-    bool in_flight = false;
-  };
-
-  struct State {
-    State(upstream::Resolver& r, std::string l) : resolver(r), listener(std::move(l)) {}
-    upstream::Resolver& resolver;
-    const std::string listener;
-    std::vector<std::unique_ptr<Entry>> entries;  // fixed after construction
-    std::atomic<bool> stopped{false};
-    std::mutex change_mutex;  // guards on_change
-    std::function<void()> on_change;
-  };
-
-  Entry* find(const net::Endpoint& endpoint) {
-    for (auto& e : state_->entries) {
-      if (e->endpoint == endpoint) return e.get();
-    }
-    return nullptr;
-  }
-
-  static void answered(State& state, Entry& e, Result<upstream::Addresses> answer) {
-    {
-      std::lock_guard lock(e.mutex);
-      e.in_flight = false;
-      if (answer && !answer->empty()) {
-        e.resolved = answer->front();
-        e.resolved_at = Clock::now();
-        e.failed = false;
-      } else {
-        e.failed = true;
-        e.failed_at = Clock::now();
-        // A refresh that fails keeps serving the last good answer until the next one.
-        const std::string why = answer ? "no addresses" : answer.error();
-        if (!e.resolved) spdlog::warn("udp {}: upstream {}: {}", state.listener, e.endpoint.to_string(), why);
-      }
-    }
-    std::lock_guard lock(state.change_mutex);
-    if (state.on_change) state.on_change();
-  }
-
-  std::shared_ptr<State> state_;
 };
+
+enum class Lookup { Ready, Pending, Failed };
+
+// Where a listener socket is bound: the PROXY v2 header's destination when a datagram
+// carries no PKTINFO.
+struct Local {
+  int fd = -1;
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::uint16_t port = 0;
+};
+
+// The PROXY v2 header for a datagram from `client`: its destination is the address the
+// client sent to (PKTINFO), else the listener's bound address.
+std::string header_for(const sockaddr_storage& client, socklen_t client_len, const unsigned char* control,
+                       socklen_t control_len, const Local& local) {
+  sockaddr_storage dst{};
+  socklen_t dst_len = 0;
+  if (!destination_address(control, control_len, local.port, dst, dst_len)) {
+    dst = local.addr;
+    dst_len = local.len;
+  }
+  return upstream::proxy_v2_header(reinterpret_cast<const sockaddr*>(&client), client_len,
+                                   reinterpret_cast<const sockaddr*>(&dst), dst_len, true);
+}
 
 }  // namespace
 
 struct RelayServer::Impl {
-  // One client datagram in a worker's inbox; its bytes are in the worker's buffer.
+  struct Worker;
+
+  // One client datagram as the session code sees it, wherever it was read.
+  struct Datagram {
+    const ClientKey& key;
+    const sockaddr_storage& from;
+    socklen_t from_len;
+    int fd;  // the listener socket it arrived on
+    const unsigned char* control;
+    socklen_t control_len;
+    const std::byte* data;
+    std::uint32_t len;
+  };
+
+  // A datagram in its owner's inbox; its bytes are in the owner's slot buffers.
   struct Item {
     std::uint32_t len = 0;
-    int fd = -1;               // the listener socket it arrived on
-    std::uint32_t reader = 0;  // index of that socket's reader in readers_
-    socklen_t addr_len = 0;
+    int fd = -1;
+    socklen_t from_len = 0;
     socklen_t control_len = 0;
     ClientKey key;
-    sockaddr_storage addr{};
+    sockaddr_storage from{};
     alignas(cmsghdr) unsigned char control[kControlSize]{};
   };
 
   // Why a session ended, for its summary line and counters.
   enum class End { Expired, Evicted, Stopped };
 
-  // One client address. Lives in its worker's LRU list (front = least recently
-  // active); only that worker touches it.
+  // One client address. Lives in its owner's LRU list (front = least recently active);
+  // only that loop touches it. Its upstream socket, while open, is on that loop's Poller.
   //
   //   Idle --link()--> Open --ICMP error--> Idle (the next datagram links again)
   //     |                 ^
   //     +--name pending--> Resolving --answer--> Open (held datagrams sent), or on a
   //                                              failed name: the next upstream
   //   any --expiry / eviction / stop()--> finish() (the one exit)
-  struct Session {
+  struct Session final : net::PollHandler {
     enum class Link { Idle, Resolving, Open };
+    Session(Impl& o, Worker& w) : owner(o), worker(w) {}
+
+    void on_ready(std::uint32_t) override { owner.relay_replies(worker, *this); }
+    void on_deadline() override {}
+    // A Poller destroyed with the session still on it (stop() not called) unregisters
+    // until it has no member left.
+    void abandon() override {
+      worker.loop.poller->remove(upstream.get(), *this);
+      registered = false;
+    }
+
+    Impl& owner;
+    Worker& worker;
     ClientKey key;
     std::uint64_t id = 0;
     sockaddr_storage client{};
@@ -301,6 +234,7 @@ struct RelayServer::Impl {
     std::string proxy_header;  // v2, sent before the first datagram on each upstream socket
     Link link = Link::Idle;
     net::Fd upstream;
+    bool registered = false;  // upstream is on worker's Poller
     Upstream* upstream_ref = nullptr;
     Upstream* avoid = nullptr;      // the upstream that failed last; re-picks try others first
     Upstream* resolving = nullptr;  // Link::Resolving: whose name
@@ -316,81 +250,79 @@ struct RelayServer::Impl {
   };
 
   struct Worker {
-    Worker() = default;
+    Worker(net::LoopRef l, std::size_t i, std::uint64_t seed)
+        : loop(l), index(i), table(16, ClientKeyHash{seed}), expiry(*l.ctx) {}
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
-    ~Worker() = default;
 
-    std::size_t index = 0;
-    // The inbox: slots are in free, in ready (a FIFO ring) or held by the worker
-    // between two lock sections. The mutex is this worker's alone: readers take it to
-    // hand over, never to look a session up.
+    const net::LoopRef loop;
+    const std::size_t index;
+
+    // The inbox: datagrams of this loop's clients read on other loops. Slots are free,
+    // ready (a FIFO ring) or being served here. The mutex is this loop's alone: a loop
+    // handing over takes it once per batch, never to look a session up.
     std::mutex mutex;
     std::vector<std::uint32_t> free;
     std::vector<std::uint32_t> ready;
     std::size_t head = 0;
     std::size_t count = 0;
+    bool drain_posted = false;  // a drain_inbox() is on its way to this loop
     std::vector<Item> items;
     SlotBuffers buffers;
 
-    net::Fd wake;   // eventfd in the epoll set: inbox became non-empty, or a request below
-    net::Fd epoll;  // the wake eventfd (data.ptr = nullptr) and every open upstream socket
-    std::thread thread;
-    std::atomic<std::int64_t> oldest_ns{INT64_MAX};  // last activity of its LRU front
-    std::atomic<unsigned> evict_requests{0};         // from other workers, for max_sessions
-    std::atomic<bool> retry_resolving{false};        // an upstream name got an answer
+    std::atomic<std::int64_t> oldest_ns{INT64_MAX};  // last activity of its LRU front, for max_sessions
 
-    // The worker thread's own.
+    // The loop's own from here on.
+    bool closed = false;  // close_loop() ran: what other loops posted finds nothing to do
     std::list<Session> lru;
     std::unordered_map<ClientKey, std::list<Session>::iterator, ClientKeyHash> table;
     std::vector<ClientKey> resolving;
-    std::unique_ptr<std::byte[]> reply_buffer;
-    std::array<std::uint32_t, kBatch> batch{};
-    std::array<mmsghdr, kBatch> msgs{};
-    std::array<iovec, kBatch> iov{};
-    unsigned out_count = 0;  // replies queued in msgs[0, out_count) for out_fd
-    int out_fd = -1;
+    std::vector<Address> book;  // one per upstream, in listener order
     Clock::time_point now{};
-  };
+    boost::asio::steady_timer expiry;
+    bool expiry_armed = false;
+    Clock::time_point expiry_at{};
+    std::array<std::uint32_t, kBatch> taken{};
 
-  struct Reader {
-    Reader(std::uint32_t i, int socket) : index(i), fd(socket) {}
-    std::uint32_t index;
-    int fd;
-    std::uint16_t local_port = 0;
-    sockaddr_storage local{};
-    socklen_t local_len = 0;
-    std::thread thread;
-    std::unique_ptr<std::byte[]> buffer;  // kBatch x max_datagram
+    // Replies queued for one sendmmsg on out_fd, each with its own copy of the client's
+    // address and reply control, so a session may end before they leave.
+    SlotBuffers reply_buffers;
     std::array<mmsghdr, kBatch> msgs{};
     std::array<iovec, kBatch> iov{};
-    std::array<sockaddr_storage, kBatch> names{};
-    alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> control{};
-    std::array<unsigned, kBatch> accepted{};
-    std::array<std::size_t, kBatch> target{};
-    // Fan-out: one message per accepted datagram and upstream, header first.
-    std::array<mmsghdr, kBatch> out{};
-    std::array<std::array<iovec, 2>, kBatch> out_iov{};
+    std::array<sockaddr_storage, kBatch> reply_to{};
+    alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> reply_control{};
+    unsigned out_count = 0;
+    int out_fd = -1;
+    bool flush_posted = false;
+
+    // Fan-out: one message per datagram and upstream, PROXY header first.
+    std::array<mmsghdr, kBatch> fan{};
+    std::array<std::array<iovec, 2>, kBatch> fan_iov{};
     std::array<std::string, kBatch> headers;
   };
 
+  // A named upstream, resolved on the first loop (its home).
+  struct Name {
+    std::size_t index;  // into the books
+    bool in_flight = false;
+  };
+
   Impl(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-       upstream::Resolver& resolver)
+       std::vector<net::LoopRef> loops, upstream::Resolver& resolver)
       : name_(listener.name),
         max_datagram_(std::max<std::uint32_t>(listener.max_datagram, 1)),
         fanout_(listener.protocol == config::Protocol::Multicast),
         proxy_v2_(listener.proxy_protocol == config::ProxyProtocol::V2),
         session_timeout_(listener.session_timeout),
         max_sessions_(listener.max_sessions != 0 ? listener.max_sessions : default_max_sessions()),
-        worker_count_(fanout_ ? 0
-                              : (listener.workers != 0 ? listener.workers
-                                                       : std::max(1U, std::thread::hardware_concurrency()))),
-        sockets_(std::move(sockets)),
+        sockets_(sockets),
         counters_(counters),
         pool_(listener.upstreams, listener.balance),
-        book_(listener.upstreams, resolver, listener.name),
-        seed_(std::random_device{}()) {
-    policy_.configure(listener);
+        resolver_(resolver),
+        endpoints_(listener.upstreams),
+        seed_(std::random_device{}()),
+        refresh_(*loops.front().ctx),
+        readers_(listener, std::move(sockets), counters, loops, [this](ReceivedBatch& batch) { serve(batch); }) {
     if (listener.source_address) {
       auto sa = net::to_sockaddr(*listener.source_address);
       if (sa) source_address_ = *sa;
@@ -399,31 +331,39 @@ struct RelayServer::Impl {
       // v1 is a text line for TCP streams; it has no way to say "UDP".
       spdlog::warn("udp {}: proxy_protocol v1 has no datagram form; sending no header (use v2)", name_);
     }
-    read_wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (!read_wake_) throw std::system_error(errno, std::system_category(), "eventfd");
-    const std::uint32_t total = std::max<std::uint32_t>(listener.queue, 1);
-    for (unsigned i = 0; i < worker_count_; ++i) {
-      auto w = std::make_unique<Worker>();
-      w->index = i;
-      w->table = decltype(w->table)(16, ClientKeyHash{seed_});
-      const std::uint32_t capacity = std::max<std::uint32_t>(total / worker_count_, 1);
-      w->buffers = SlotBuffers(capacity, max_datagram_);
-      w->items.resize(capacity);
-      w->ready.resize(capacity);
-      w->free.reserve(capacity);
-      for (std::uint32_t s = 0; s < capacity; ++s) w->free.push_back(capacity - 1 - s);
-      w->reply_buffer = std::make_unique<std::byte[]>(static_cast<std::size_t>(kBatch) * max_datagram_);
-      w->wake.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-      w->epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
-      if (!w->wake || !w->epoll) {
-        throw std::system_error(errno, std::system_category(), "eventfd/epoll_create1");
+    std::vector<Address> book(endpoints_.size());
+    for (std::size_t i = 0; i < endpoints_.size(); ++i) {
+      const net::Endpoint& ep = endpoints_[i];
+      if (ep.is_ip_literal()) {
+        auto sa = net::to_sockaddr(ep);
+        if (sa) {
+          book[i].address = *sa;
+        } else {
+          book[i].failed = true;
+        }
+      } else if (ep.kind == net::Endpoint::Kind::Inet) {
+        names_.push_back({i});
+      } else {
+        book[i].failed = true;  // not a datagram address
       }
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.ptr = nullptr;
-      if (::epoll_ctl(w->epoll.get(), EPOLL_CTL_ADD, w->wake.get(), &ev) != 0) {
-        throw std::system_error(errno, std::system_category(), "epoll_ctl");
+    }
+    // With one loop every client is its own: nothing is handed over, so no inbox.
+    const std::uint32_t inbox = loops.size() > 1 && !fanout_
+                                    ? std::max<std::uint32_t>(std::max<std::uint32_t>(listener.queue, 1) /
+                                                                  static_cast<std::uint32_t>(loops.size()),
+                                                              1)
+                                    : 0;
+    for (std::size_t i = 0; i < loops.size(); ++i) {
+      auto w = std::make_unique<Worker>(loops[i], i, seed_);
+      w->book = book;
+      if (inbox != 0) {
+        w->buffers = SlotBuffers(inbox, max_datagram_);
+        w->items.resize(inbox);
+        w->ready.resize(inbox);
+        w->free.reserve(inbox);
+        for (std::uint32_t s = 0; s < inbox; ++s) w->free.push_back(inbox - 1 - s);
       }
+      if (!fanout_) w->reply_buffers = SlotBuffers(kBatch, max_datagram_);
       workers_.push_back(std::move(w));
     }
     if (fanout_) open_fanout_sockets(listener);
@@ -432,282 +372,271 @@ struct RelayServer::Impl {
   ~Impl() { stop(); }
 
   void start() {
-    spdlog::default_logger_raw();  // see Resolver::Impl: the registry exists before our threads
-    std::lock_guard guard(lifecycle_);
-    if (started_) return;
     started_ = true;
-    book_.start([this] {
-      for (auto& w : workers_) {
-        w->retry_resolving.store(true, std::memory_order_release);
-        wake(*w);
+    for (int fd : sockets_) {
+      Local local;
+      local.fd = fd;
+      local.len = sizeof local.addr;
+      if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local.addr), &local.len) != 0) {
+        throw std::system_error(errno, std::system_category(), "udp " + name_ + ": getsockname");
       }
-    });
-    for (int fd : sockets_) enable_pktinfo(fd, name_);
-    // Every reader exists before any thread starts: workers read readers_ (for the
-    // PROXY header's destination) without a lock, so it must not change under them.
-    for (std::size_t i = 0; i < sockets_.size(); ++i) {
-      auto reader = std::make_unique<Reader>(static_cast<std::uint32_t>(i), sockets_[i]);
-      reader->buffer = std::make_unique<std::byte[]>(static_cast<std::size_t>(kBatch) * max_datagram_);
-      reader->local_len = sizeof reader->local;
-      if (::getsockname(reader->fd, reinterpret_cast<sockaddr*>(&reader->local), &reader->local_len) != 0) {
-        fatal(name_, "getsockname", errno);
-      }
-      reader->local_port = source_port(reader->local);
-      readers_.push_back(std::move(reader));
+      local.port = source_port(local.addr);
+      locals_.push_back(local);
     }
-    inline_ = !fanout_ && worker_count_ == 1;
-    for (auto& w : workers_) {
-      Worker& wr = *w;
-      wr.thread = std::thread([this, &wr] {
-        name_thread("udp-rw", wr.index);
-        work_loop(wr);
-      });
-    }
-    for (auto& r : readers_) {
-      Reader& rr = *r;
-      if (inline_) {
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.ptr = &rr;
-        if (::epoll_ctl(workers_.front()->epoll.get(), EPOLL_CTL_ADD, rr.fd, &ev) != 0) fatal(name_, "epoll_ctl", errno);
-        continue;
-      }
-      rr.thread = std::thread([this, &rr] {
-        name_thread("udp-rr", rr.index);
-        read_loop(rr);
-      });
-    }
+    readers_.start();
+    // Every name is asked for now, so the first datagrams rarely wait for an answer.
+    if (!names_.empty()) resolve_names();
     if (fanout_) {
-      spdlog::info("udp {}: relaying {} socket(s) to all {} upstream(s) (fan-out)", name_, sockets_.size(),
-                   pool_.size());
+      spdlog::info("udp {}: relaying {} socket(s) to all {} upstream(s) (fan-out), each socket read by {} worker(s)",
+                   name_, sockets_.size(), pool_.size(), readers_.readers_per_socket());
     } else {
-      spdlog::info("udp {}: relaying {} socket(s) to {} upstream(s) with {} worker(s), session_timeout {}ms, "
-                   "max_sessions {}",
-                   name_, sockets_.size(), pool_.size(), worker_count_, session_timeout_.count(), max_sessions_);
+      spdlog::info("udp {}: relaying {} socket(s) to {} upstream(s), sessions on {} worker(s), each socket read by {} "
+                   "of them, session_timeout {}ms, max_sessions {}",
+                   name_, sockets_.size(), pool_.size(), workers_.size(), readers_.readers_per_socket(),
+                   session_timeout_.count(), max_sessions_);
     }
   }
 
   void stop_reading() {
-    // Inline, the worker notices the flag at its sockets' next event (and unwatches them);
-    // a batch it is reading meanwhile is still relayed.
-    if (stop_reader_threads(stop_reading_, read_wake_.get(), lifecycle_, readers_) ||
-        (inline_ && !inline_stopped_.exchange(true))) {
-      spdlog::info("udp {}: stopped reading; sockets left open, sessions still relay replies", name_);
-    }
+    if (reading_stopped_) return;
+    reading_stopped_ = true;
+    if (!started_) return;
+    auto released = std::make_shared<std::promise<void>>();
+    auto done = released->get_future();
+    readers_.stop(false, [released] { released->set_value(); });
+    // A loop that has stopped never runs its part; DatagramReaders' destructor does it.
+    if (loops_running()) done.wait();
   }
 
   void stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    if (!started_) return;
     stop_reading();
-    std::lock_guard guard(lifecycle_);
-    // No answer may arrive for a worker that has gone.
-    book_.stop();
-    stopping_.store(true, std::memory_order_release);
-    bool joined = false;
-    for (auto& w : workers_) {
-      wake(*w);
-      if (w->thread.joinable()) {
-        w->thread.join();
-        joined = true;
-      }
-    }
-    if (joined) spdlog::info("udp {}: stopped; sessions closed", name_);
+    on_every_loop([this](Worker& w) { close_loop(w); });
+    // What one loop posted to another before it closed (an eviction, an address) may
+    // still wait in the other's queue: it finds that loop closed and returns, and must
+    // have run before the state it points at goes.
+    on_every_loop([](Worker&) {});
+    spdlog::info("udp {}: stopped; sessions closed", name_);
   }
 
  private:
-  // --- readers -------------------------------------------------------------------
+  // --- lifecycle -----------------------------------------------------------------
 
-  void read_loop(Reader& r) {
-    read_until_stopped(name_, r.fd, read_wake_.get(), stop_reading_, warn_gate_, [this, &r] { drain(r); });
+  bool loops_running() const {
+    return std::none_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->loop.ctx->stopped(); });
   }
 
-  void drain(Reader& r) {
-    while (!stop_reading_.load(std::memory_order_acquire)) {
-      unsigned accepted = 0;
-      const int n = receive_batch(r, accepted);
-      if (n < 0) return;
-      if (fanout_) {
-        fan_out(r, accepted);
-      } else {
-        hand_over(r, accepted);
+  // Runs `fn` for every loop on that loop's thread and waits; directly for a loop that
+  // has stopped (no thread polls it any more).
+  void on_every_loop(const std::function<void(Worker&)>& fn) {
+    std::vector<std::future<void>> done;
+    for (auto& w : workers_) {
+      Worker* worker = w.get();
+      if (worker->loop.ctx->stopped()) {
+        fn(*worker);
+        continue;
       }
-      if (static_cast<unsigned>(n) < kBatch) return;  // the socket is empty: back to poll
+      auto ran = std::make_shared<std::promise<void>>();
+      done.push_back(ran->get_future());
+      boost::asio::post(*worker->loop.ctx, [&fn, worker, ran] {
+        fn(*worker);
+        ran->set_value();
+      });
+    }
+    for (auto& f : done) f.wait();
+  }
+
+  // After stop_reading(): the inbox is final. What it holds is relayed, then every
+  // session ends.
+  void close_loop(Worker& w) {
+    w.now = Clock::now();
+    while (serve_inbox_batch(w)) {
+    }
+    w.closed = true;
+    w.expiry.cancel();
+    flush_replies(w);
+    while (!w.lru.empty()) finish(w, w.lru.front(), End::Stopped);
+    if (&w == workers_.front().get()) {
+      *alive_ = false;
+      refresh_.cancel();
     }
   }
 
-  // One recvmmsg batch into r's buffers; r.accepted[0, accepted) are the datagrams the
-  // policy lets through. -1 when nothing was read (empty, or an error already handled).
-  int receive_batch(Reader& r, unsigned& accepted) {
-    for (;;) {
-      for (unsigned i = 0; i < kBatch; ++i) {
-        prepare_receive(r.msgs[i], r.iov[i], r.buffer.get() + static_cast<std::size_t>(i) * max_datagram_,
-                        max_datagram_, r.names[i], r.control[i].data());
-      }
-      const int n = ::recvmmsg(r.fd, r.msgs.data(), kBatch, MSG_DONTWAIT, nullptr);
-      if (n < 0) {
-        const int err = errno;
-        if (err == EINTR) continue;
-        if (is_again(err)) return -1;
-        if (is_impossible(err)) fatal(name_, "recvmmsg", err);
-        // A pending ICMP error or ENOMEM: the call consumed it; poll decides what is next.
-        warn("recvmmsg", err);
-        return -1;
-      }
-      const auto now = policy_.limits_rate() ? Clock::now() : Clock::time_point{};
-      accepted = 0;
-      std::uint64_t bytes = 0;
-      for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
-        const msghdr& h = r.msgs[i].msg_hdr;
-        bytes += r.msgs[i].msg_len;
-        if (!policy_.admit(r.names[i], now, counters_)) continue;
-        if ((h.msg_flags & MSG_TRUNC) != 0) {
-          counters_.drop(obs::Drop::Truncated);
-          continue;
-        }
-        r.accepted[accepted++] = i;
-      }
-      counters_.add(counters_.datagrams_received, static_cast<std::uint64_t>(n));
-      counters_.add(counters_.bytes_received, bytes);
-      return n;
-    }
-  }
+  // --- reading -------------------------------------------------------------------
 
-  // A single worker reads the listener sockets itself: every session is its own, so a
-  // reader thread would only add a copy, a lock and a wake-up (two context switches on
-  // a busy CPU) per datagram. Level-triggered, a few batches per turn.
-  void read_inline(Worker& w, Reader& r) {
-    if (stop_reading_.load(std::memory_order_acquire)) {
-      // Left for a successor: stop being woken for them.
-      ::epoll_ctl(w.epoll.get(), EPOLL_CTL_DEL, r.fd, nullptr);
+  void serve(ReceivedBatch& b) {
+    Worker& w = *workers_[b.worker];
+    w.now = w.loop.poller->now();
+    if (fanout_) {
+      fan_out(w, b);
       return;
     }
-    for (unsigned turn = 0; turn < kInboxBatchesPerTurn; ++turn) {
-      unsigned accepted = 0;
-      const int n = receive_batch(r, accepted);
-      if (n < 0) return;
-      Item item;
-      for (unsigned a = 0; a < accepted; ++a) {
-        const unsigned i = r.accepted[a];
-        const msghdr& h = r.msgs[i].msg_hdr;
-        item.len = r.msgs[i].msg_len;
-        item.fd = r.fd;
-        item.reader = r.index;
-        item.key = client_key(r.names[i]);
-        item.addr = r.names[i];
-        item.addr_len = h.msg_namelen;
-        item.control_len = (h.msg_flags & MSG_CTRUNC) != 0 ? 0 : static_cast<socklen_t>(h.msg_controllen);
-        std::memcpy(item.control, r.control[i].data(), item.control_len);
-        on_client_datagram(w, item, static_cast<const std::byte*>(r.iov[i].iov_base));
-      }
-      if (static_cast<unsigned>(n) < kBatch) return;
-    }
-  }
-
-  Reader* reader_of(const void* tag) {
-    for (auto& r : readers_) {
-      if (r.get() == tag) return r.get();
-    }
-    return nullptr;
-  }
-
-  std::size_t shard(const ClientKey& key) const {
-    return (ClientKeyHash{seed_}(key) >> 17) % worker_count_;
-  }
-
-  // Copies the accepted datagrams into their workers' inboxes: one lock per worker
-  // per batch. A full inbox drops (QueueFull), as the echo server's queue does.
-  void hand_over(Reader& r, unsigned accepted) {
     std::array<ClientKey, kBatch> keys;
-    for (unsigned a = 0; a < accepted; ++a) {
-      keys[a] = client_key(r.names[r.accepted[a]]);
-      r.target[a] = shard(keys[a]);
+    std::array<std::size_t, kBatch> owner;
+    unsigned mine = 0;
+    for (unsigned k = 0; k < b.count; ++k) {
+      keys[k] = client_key(b.names[b.index[k]]);
+      owner[k] = shard(keys[k]);
+      if (owner[k] == w.index) ++mine;
     }
-    for (auto& wp : workers_) {
-      Worker& w = *wp;
-      bool any = false;
-      bool was_empty = false;
+    // The others first: their owners get on with them while this loop serves its own.
+    if (mine != b.count) hand_over(w, b, keys, owner);
+    for (unsigned k = 0; k < b.count && mine != 0; ++k) {
+      if (owner[k] != w.index) continue;
+      const unsigned i = b.index[k];
+      on_client_datagram(w, {keys[k], b.names[i], b.msgs[i].msg_hdr.msg_namelen, b.fd, b.control[i].data(),
+                             b.control_len(i), b.payload(i), b.len(i)});
+    }
+  }
+
+  std::size_t shard(const ClientKey& key) const { return (ClientKeyHash{seed_}(key) >> 17) % workers_.size(); }
+
+  // Copies each datagram of another loop's client into that loop's inbox: one lock and
+  // at most one post per owner and batch. A full inbox drops (queue_full).
+  //
+  // The owner is woken with asio::post rather than an eventfd of our own on its Poller:
+  // the io_context already has a wake-up (its own eventfd), so a post costs the same
+  // write and read, needs no handler registered and unregistered with the relay's
+  // lifecycle, and is posted only when the inbox had no drain on its way, so a busy
+  // owner takes whole runs of batches per wake-up.
+  void hand_over(Worker& w, const ReceivedBatch& b, const std::array<ClientKey, kBatch>& keys,
+                 const std::array<std::size_t, kBatch>& owner) {
+    std::array<unsigned, kBatch> order;
+    unsigned n = 0;
+    for (unsigned k = 0; k < b.count; ++k) {
+      if (owner[k] != w.index) order[n++] = k;
+    }
+    std::sort(order.begin(), order.begin() + n, [&](unsigned x, unsigned y) { return owner[x] < owner[y]; });
+    for (unsigned first = 0; first < n;) {
+      Worker& target = *workers_[owner[order[first]]];
+      unsigned last = first;
+      while (last < n && owner[order[last]] == target.index) ++last;
       std::uint64_t full = 0;
+      bool wake = false;
       {
-        std::unique_lock<std::mutex> lock(w.mutex, std::defer_lock);
-        for (unsigned a = 0; a < accepted; ++a) {
-          if (r.target[a] != w.index) continue;
-          if (!lock.owns_lock()) {
-            lock.lock();
-            was_empty = w.count == 0;
-          }
-          if (w.free.empty()) {
+        std::lock_guard lock(target.mutex);
+        for (unsigned g = first; g < last; ++g) {
+          if (target.free.empty()) {
             ++full;
             continue;
           }
-          const unsigned i = r.accepted[a];
-          const std::uint32_t slot = w.free.back();
-          w.free.pop_back();
-          Item& item = w.items[slot];
-          const msghdr& h = r.msgs[i].msg_hdr;
-          item.len = r.msgs[i].msg_len;
-          item.fd = r.fd;
-          item.reader = r.index;
-          item.key = keys[a];
-          item.addr = r.names[i];
-          item.addr_len = h.msg_namelen;
-          item.control_len = (h.msg_flags & MSG_CTRUNC) != 0 ? 0 : static_cast<socklen_t>(h.msg_controllen);
-          std::memcpy(item.control, r.control[i].data(), item.control_len);
-          std::memcpy(w.buffers.slot(slot), r.iov[i].iov_base, item.len);
-          w.ready[(w.head + w.count++) % w.ready.size()] = slot;
-          any = true;
+          const unsigned k = order[g];
+          const unsigned i = b.index[k];
+          const std::uint32_t slot = target.free.back();
+          target.free.pop_back();
+          Item& item = target.items[slot];
+          item.len = b.len(i);
+          item.fd = b.fd;
+          item.key = keys[k];
+          item.from = b.names[i];
+          item.from_len = b.msgs[i].msg_hdr.msg_namelen;
+          item.control_len = b.control_len(i);
+          std::memcpy(item.control, b.control[i].data(), item.control_len);
+          std::memcpy(target.buffers.slot(slot), b.payload(i), item.len);
+          target.ready[(target.head + target.count++) % target.ready.size()] = slot;
+        }
+        if (target.count != 0 && !target.drain_posted) {
+          target.drain_posted = true;
+          wake = true;
         }
       }
       if (full != 0) counters_.drop(obs::Drop::QueueFull, full);
-      // The worker drains until empty after reading its eventfd, so only the
-      // empty -> non-empty transition needs a wake-up.
-      if (any && was_empty) wake(w);
+      if (wake) boost::asio::post(*target.loop.ctx, [this, t = &target] { drain_inbox(*t); });
+      first = last;
     }
   }
 
-  // Multicast relay: every accepted datagram to every upstream, replies ignored.
-  void fan_out(Reader& r, unsigned accepted) {
-    if (accepted == 0) return;
+  // Posted to the owner; at most kInboxBatchesPerTurn batches, then it comes back
+  // after the loop's other handlers.
+  void drain_inbox(Worker& w) {
+    if (w.closed) return;
+    w.now = Clock::now();
+    for (unsigned turn = 0; turn < kInboxBatchesPerTurn; ++turn) {
+      if (!serve_inbox_batch(w)) return;
+    }
+    boost::asio::post(*w.loop.ctx, [this, t = &w] { drain_inbox(*t); });
+  }
+
+  // Serves up to kBatch datagrams of the inbox. False when it was empty, and then no
+  // drain is on its way any more.
+  bool serve_inbox_batch(Worker& w) {
+    unsigned taken = 0;
+    {
+      std::lock_guard lock(w.mutex);
+      while (taken < kBatch && w.count > 0) {
+        w.taken[taken++] = w.ready[w.head];
+        w.head = (w.head + 1) % w.ready.size();
+        --w.count;
+      }
+      if (taken == 0) {
+        w.drain_posted = false;
+        return false;
+      }
+    }
+    for (unsigned t = 0; t < taken; ++t) {
+      const Item& item = w.items[w.taken[t]];
+      on_client_datagram(w, {item.key, item.from, item.from_len, item.fd, item.control, item.control_len,
+                             w.buffers.slot(w.taken[t]), item.len});
+    }
+    std::lock_guard lock(w.mutex);
+    for (unsigned t = 0; t < taken; ++t) w.free.push_back(w.taken[t]);
+    return true;
+  }
+
+  const Local& local_of(int fd) const {
+    for (const Local& l : locals_) {
+      if (l.fd == fd) return l;
+    }
+    return locals_.front();
+  }
+
+  // --- fan-out -------------------------------------------------------------------
+
+  // Multicast relay: every datagram of the batch to every upstream, replies ignored.
+  void fan_out(Worker& w, const ReceivedBatch& b) {
     if (proxy_v2_) {
-      for (unsigned a = 0; a < accepted; ++a) {
-        const unsigned i = r.accepted[a];
+      const Local& local = local_of(b.fd);
+      for (unsigned k = 0; k < b.count; ++k) {
+        const unsigned i = b.index[k];
         // No sessions here, so each datagram carries its own header: the upstream has
         // no other way to learn the sender.
-        r.headers[a] = header_for(r.names[i], r.msgs[i].msg_hdr.msg_namelen, r.control[i].data(),
-                                  (r.msgs[i].msg_hdr.msg_flags & MSG_CTRUNC) != 0
-                                      ? 0
-                                      : static_cast<socklen_t>(r.msgs[i].msg_hdr.msg_controllen),
-                                  r.local_port, r.local, r.local_len);
+        w.headers[k] = header_for(b.names[i], b.msgs[i].msg_hdr.msg_namelen, b.control[i].data(), b.control_len(i),
+                                  local);
       }
     }
     for (Upstream* u : pool_.plan()) {
       net::SockAddr to;
-      if (book_.lookup(u->endpoint, to) != AddressBook::Lookup::Ready) {
-        counters_.drop(obs::Drop::SendFailed, accepted);
+      if (lookup(w, *u, to) != Lookup::Ready) {
+        counters_.drop(obs::Drop::SendFailed, b.count);
         continue;
       }
       const int fd = to.family() == AF_INET6 ? fan6_.get() : fan4_.get();
       if (fd < 0) {
-        counters_.drop(obs::Drop::SendFailed, accepted);
+        counters_.drop(obs::Drop::SendFailed, b.count);
         continue;
       }
-      for (unsigned a = 0; a < accepted; ++a) {
-        const unsigned i = r.accepted[a];
-        auto& iov = r.out_iov[a];
+      for (unsigned k = 0; k < b.count; ++k) {
+        const unsigned i = b.index[k];
+        auto& iov = w.fan_iov[k];
         unsigned parts = 0;
-        if (proxy_v2_) iov[parts++] = {r.headers[a].data(), r.headers[a].size()};
-        iov[parts++] = {r.iov[i].iov_base, r.msgs[i].msg_len};
-        msghdr& h = r.out[a].msg_hdr;
+        if (proxy_v2_) iov[parts++] = {w.headers[k].data(), w.headers[k].size()};
+        iov[parts++] = {b.payload(i), b.len(i)};
+        msghdr& h = w.fan[k].msg_hdr;
         h = msghdr{};
         h.msg_name = to.get();
         h.msg_namelen = to.len;
         h.msg_iov = iov.data();
         h.msg_iovlen = parts;
       }
-      const Sent sent = send_datagrams(fd, r.out.data(), accepted, name_, counters_, warn_gate_);
+      const Sent sent = send_datagrams(fd, w.fan.data(), b.count, name_, counters_, warn_gate_);
       counters_.add(counters_.requests, sent.datagrams);
       counters_.add(counters_.upstream_bytes_sent, sent.bytes);
     }
   }
 
+  // Unconnected senders, one per family, shared by the loops (each sendmmsg is whole).
   void open_fanout_sockets(const config::Listener& listener) {
     for (int family : {AF_INET, AF_INET6}) {
       net::Fd fd(::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -733,155 +662,158 @@ struct RelayServer::Impl {
     }
   }
 
-  // The PROXY v2 header for a datagram from `client`: its destination is the address
-  // the client sent to (PKTINFO), else the listener's bound address.
-  static std::string header_for(const sockaddr_storage& client, socklen_t client_len, const unsigned char* control,
-                                socklen_t control_len, std::uint16_t local_port, const sockaddr_storage& local,
-                                socklen_t local_len) {
-    sockaddr_storage dst{};
-    socklen_t dst_len = 0;
-    if (!destination_address(control, control_len, local_port, dst, dst_len)) {
-      dst = local;
-      dst_len = local_len;
+  // --- upstream addresses ---------------------------------------------------------
+
+  Lookup lookup(const Worker& w, const Upstream& u, net::SockAddr& out) const {
+    for (std::size_t i = 0; i < endpoints_.size(); ++i) {
+      if (endpoints_[i] != u.endpoint) continue;
+      const Address& a = w.book[i];
+      if (a.address) {
+        out = *a.address;
+        return Lookup::Ready;
+      }
+      return a.failed ? Lookup::Failed : Lookup::Pending;
     }
-    return upstream::proxy_v2_header(reinterpret_cast<const sockaddr*>(&client), client_len,
-                                  reinterpret_cast<const sockaddr*>(&dst), dst_len, true);
+    return Lookup::Failed;
   }
 
-  // --- workers -------------------------------------------------------------------
-
-  void wake(Worker& w) {
-    const std::uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(w.wake.get(), &one, sizeof one);
-  }
-
-  void work_loop(Worker& w) {
-    std::array<epoll_event, kEpollEvents> events{};
-    std::vector<Reader*> readable;  // inline mode: listener sockets read after the batch
-    bool backlog = false;
-    for (;;) {
-      const int n = ::epoll_wait(w.epoll.get(), events.data(), kEpollEvents, backlog ? 0 : next_timeout_ms(w));
-      w.now = Clock::now();
-      if (n < 0) {
-        const int err = errno;
-        if (err != EINTR) {
-          if (is_impossible(err)) fatal(name_, "epoll_wait", err);
-          warn("epoll_wait", err);
-        }
-      }
-      for (int i = 0; i < n; ++i) {
-        if (events[static_cast<std::size_t>(i)].data.ptr == nullptr) {
-          std::uint64_t value = 0;
-          [[maybe_unused]] auto r = ::read(w.wake.get(), &value, sizeof value);
-          continue;
-        }
-        if (inline_) {
-          if (Reader* r = reader_of(events[static_cast<std::size_t>(i)].data.ptr)) {
-            readable.push_back(r);
-            continue;
-          }
-        }
-        // Only this session's own event may close its upstream here; sessions are
-        // finished only below, after the batch, so no later event points at a freed one.
-        relay_replies(w, *static_cast<Session*>(events[static_cast<std::size_t>(i)].data.ptr));
-      }
-      flush_replies(w);
-      // A client datagram may open a session and so evict (finish) another, which
-      // must not happen while later events of the batch may point at it.
-      for (Reader* r : readable) read_inline(w, *r);
-      readable.clear();
-      backlog = drain_inbox(w);
-      if (w.retry_resolving.exchange(false, std::memory_order_acq_rel)) retry_resolving(w);
-      for (unsigned k = w.evict_requests.exchange(0, std::memory_order_acq_rel); k != 0; --k) {
-        if (!w.lru.empty()) {
-          finish(w, w.lru.front(), End::Evicted, /*left_count=*/true);
-        } else {
-          // Our sessions went meanwhile (expired, evicted): the request is void, and
-          // the excess, if any is left, is another worker's to close.
-          sessions_.fetch_add(1, std::memory_order_acq_rel);
-          make_room(w, false);
-        }
-      }
-      expire(w);
-      if (stopping_.load(std::memory_order_acquire) && !backlog) break;
+  // On the first loop (or before the loops run): every name not already being asked
+  // for, and again after kRefresh. An answer keeps being served until the next one
+  // changes it, so no datagram waits for a refresh and a changed record is followed
+  // without a restart.
+  void resolve_names() {
+    for (Name& n : names_) {
+      if (n.in_flight) continue;
+      n.in_flight = true;
+      const net::Endpoint& ep = endpoints_[n.index];
+      resolver_.resolve(ep.host, ep.port, workers_.front()->loop.ctx->get_executor(),
+                        [this, alive = alive_, index = n.index](Result<upstream::Addresses> answer) {
+                          if (*alive) answered(index, std::move(answer));
+                        });
     }
-    while (!w.lru.empty()) finish(w, w.lru.front(), End::Stopped);
+    arm_refresh(kRefresh);
   }
 
-  int next_timeout_ms(const Worker& w) const {
-    if (session_timeout_.count() <= 0 || w.lru.empty()) return -1;
-    const auto due = w.lru.front().last_active + session_timeout_;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(due - Clock::now()).count();
-    return static_cast<int>(std::clamp<std::int64_t>(left, 0, INT_MAX));
+  void arm_refresh(Clock::duration after) {
+    const auto due = Clock::now() + after;
+    if (refresh_armed_ && refresh_due_ <= due) return;
+    refresh_armed_ = true;
+    refresh_due_ = due;
+    refresh_.expires_at(due);
+    refresh_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
+      if (ec || !*alive) return;
+      refresh_armed_ = false;
+      resolve_names();
+    });
   }
 
-  // True when datagrams are left for the next turn.
-  bool drain_inbox(Worker& w) {
-    for (unsigned turn = 0; turn < kInboxBatchesPerTurn; ++turn) {
-      unsigned taken = 0;
-      {
-        std::lock_guard lock(w.mutex);
-        while (taken < kBatch && w.count > 0) {
-          w.batch[taken++] = w.ready[w.head];
-          w.head = (w.head + 1) % w.ready.size();
-          --w.count;
-        }
-      }
-      if (taken == 0) return false;
-      for (unsigned i = 0; i < taken; ++i) {
-        const std::uint32_t slot = w.batch[i];
-        on_client_datagram(w, w.items[slot], w.buffers.slot(slot));
-      }
-      std::lock_guard lock(w.mutex);
-      for (unsigned i = 0; i < taken; ++i) w.free.push_back(w.batch[i]);
+  // On the first loop. Every loop gets the changed address by a post.
+  void answered(std::size_t index, Result<upstream::Addresses> answer) {
+    for (Name& n : names_) {
+      if (n.index == index) n.in_flight = false;
     }
-    std::lock_guard lock(w.mutex);
-    return w.count > 0;
+    Worker& home = *workers_.front();
+    Address next = home.book[index];
+    if (answer && !answer->empty()) {
+      next.address = answer->front();
+      next.failed = false;
+    } else if (!next.address) {
+      // A refresh that fails keeps serving the last good answer until the next one.
+      spdlog::warn("udp {}: upstream {}: {}", name_, endpoints_[index].to_string(),
+                   answer ? std::string("no addresses") : answer.error());
+      next.failed = true;
+      arm_refresh(kResolveRetry);
+    }
+    if (next == home.book[index]) return;
+    for (auto& w : workers_) {
+      if (w.get() == &home) continue;
+      boost::asio::post(*w->loop.ctx, [this, worker = w.get(), index, next] {
+        if (worker->closed) return;
+        worker->now = Clock::now();
+        learn(*worker, index, next);
+      });
+    }
+    home.now = Clock::now();
+    learn(home, index, next);
   }
 
-  void on_client_datagram(Worker& w, const Item& item, const std::byte* data) {
+  void learn(Worker& w, std::size_t index, const Address& address) {
+    w.book[index] = address;
+    retry_resolving(w);
+  }
+
+  // Sessions waiting for a name: an answer came (for some name), so link again.
+  void retry_resolving(Worker& w) {
+    std::vector<ClientKey> keys;
+    keys.swap(w.resolving);
+    for (const ClientKey& key : keys) {
+      auto it = w.table.find(key);
+      if (it == w.table.end() || it->second->link != Session::Link::Resolving) continue;
+      Session& s = *it->second;
+      net::SockAddr addr;
+      const auto state = lookup(w, *s.resolving, addr);
+      if (state == Lookup::Pending) {
+        w.resolving.push_back(key);
+        continue;
+      }
+      std::vector<std::string> held;
+      held.swap(s.held);
+      s.link = Session::Link::Idle;
+      if (state == Lookup::Failed) {
+        counters_.upstream_error(obs::UpstreamError::Resolve);
+        pool_.failed(*s.resolving);
+        s.avoid = s.resolving;
+      }
+      s.resolving = nullptr;
+      for (const auto& d : held) {
+        forward(w, s, reinterpret_cast<const std::byte*>(d.data()), static_cast<std::uint32_t>(d.size()));
+      }
+    }
+  }
+
+  // --- sessions --------------------------------------------------------------------
+
+  void on_client_datagram(Worker& w, const Datagram& d) {
     Session* s = nullptr;
-    if (auto it = w.table.find(item.key); it != w.table.end()) {
+    if (auto it = w.table.find(d.key); it != w.table.end()) {
       s = &*it->second;
     } else {
-      s = &open_session(w, item);
+      s = &open_session(w, d);
     }
-    s->listener_fd = item.fd;
-    s->reply_control_len = reply_control(item.control, item.control_len, s->reply_control);
+    s->listener_fd = d.fd;
+    s->reply_control_len = reply_control(d.control, d.control_len, s->reply_control);
     touch(w, *s);
-    forward(w, *s, data, item.len);
+    forward(w, *s, d.data, d.len);
   }
 
-  Session& open_session(Worker& w, const Item& item) {
+  Session& open_session(Worker& w, const Datagram& d) {
     make_room(w);
-    Session& s = w.lru.emplace_back();
+    Session& s = w.lru.emplace_back(*this, w);
     s.self = std::prev(w.lru.end());
-    s.key = item.key;
+    s.key = d.key;
     s.id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    s.client = item.addr;
-    s.client_len = item.addr_len;
+    s.client = d.from;
+    s.client_len = d.from_len;
     s.opened = w.now;
     s.last_active = w.now;
-    if (proxy_v2_) {
-      const Reader& r = *readers_[item.reader];
-      s.proxy_header =
-          header_for(item.addr, item.addr_len, item.control, item.control_len, r.local_port, r.local, r.local_len);
-    }
+    if (proxy_v2_) s.proxy_header = header_for(d.from, d.from_len, d.control, d.control_len, local_of(d.fd));
     w.table.emplace(s.key, s.self);
     sessions_.fetch_add(1, std::memory_order_acq_rel);
     counters_.udp_sessions_active.fetch_add(1, std::memory_order_relaxed);
+    publish_oldest(w);
+    arm_expiry(w);
     spdlog::debug("[c{} {}] session from {}", s.id, name_,
                   net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len));
     return s;
   }
 
   // max_sessions counts the whole listener, and the least recently active session may
-  // live on another worker: that worker is asked to close its oldest (the new session
-  // proceeds, so the count can exceed the limit by a few for one worker turn). A session
-  // asked to close leaves sessions_ at once, so a second new session while the first
-  // request is in flight asks for one more eviction, not for none or two.
+  // live on another loop: that loop is asked (by a post) to close its oldest (the new
+  // session proceeds, so the count can exceed the limit by a few for one turn). A
+  // session asked to close leaves sessions_ at once, so a second new session while the
+  // first request is on its way asks for one more eviction, not for none or two.
   // `adding`: a session is about to open (room for it is needed), else an eviction
-  // that found its worker empty is passed on while the listener is still over.
+  // that found its loop empty is passed on while the listener is still over.
   void make_room(Worker& w, bool adding = true) {
     if (max_sessions_ == 0) return;
     if (sessions_.load(std::memory_order_acquire) + (adding ? 1 : 0) <= max_sessions_) return;
@@ -899,8 +831,18 @@ struct RelayServer::Impl {
       return;
     }
     sessions_.fetch_sub(1, std::memory_order_acq_rel);
-    victim->evict_requests.fetch_add(1, std::memory_order_acq_rel);
-    wake(*victim);
+    boost::asio::post(*victim->loop.ctx, [this, victim] {
+      if (victim->closed) return;
+      victim->now = Clock::now();
+      if (!victim->lru.empty()) {
+        finish(*victim, victim->lru.front(), End::Evicted, /*left_count=*/true);
+      } else {
+        // Its sessions went meanwhile (expired, evicted): the request is void, and the
+        // excess, if any is left, is another loop's to close.
+        sessions_.fetch_add(1, std::memory_order_acq_rel);
+        make_room(*victim, false);
+      }
+    });
   }
 
   void touch(Worker& w, Session& s) {
@@ -913,11 +855,26 @@ struct RelayServer::Impl {
     w.oldest_ns.store(w.lru.empty() ? INT64_MAX : to_ns(w.lru.front().last_active), std::memory_order_relaxed);
   }
 
-  void expire(Worker& w) {
-    if (session_timeout_.count() <= 0) return;
-    while (!w.lru.empty() && w.now - w.lru.front().last_active >= session_timeout_) {
-      finish(w, w.lru.front(), End::Expired);
-    }
+  // One timer per loop, due when its least recently active session would expire.
+  // Activity only moves sessions back in the list, so the front's time never gets
+  // earlier: a timer that fires for a session that was touched meanwhile finds nothing
+  // due and waits for the new front.
+  void arm_expiry(Worker& w) {
+    if (session_timeout_.count() <= 0 || w.lru.empty()) return;
+    const auto due = w.lru.front().last_active + session_timeout_;
+    if (w.expiry_armed && w.expiry_at <= due) return;
+    w.expiry_armed = true;
+    w.expiry_at = due;
+    w.expiry.expires_at(due);
+    w.expiry.async_wait([this, worker = &w](const boost::system::error_code& ec) {
+      if (ec || worker->closed) return;
+      worker->expiry_armed = false;
+      worker->now = Clock::now();
+      while (!worker->lru.empty() && worker->now - worker->lru.front().last_active >= session_timeout_) {
+        finish(*worker, worker->lru.front(), End::Expired);
+      }
+      arm_expiry(*worker);
+    });
   }
 
   // The session's one exit: closes its upstream socket, counts, logs the summary.
@@ -925,7 +882,7 @@ struct RelayServer::Impl {
   void finish(Worker& w, Session& s, End end, bool left_count = false) {
     const std::uint64_t dropped_held = s.held.size();
     if (dropped_held != 0) counters_.drop(obs::Drop::SendFailed, dropped_held);
-    close_upstream(s);
+    close_upstream(w, s);
     const char* reason = "stopped";
     if (end == End::Expired) {
       reason = "expired";
@@ -953,9 +910,10 @@ struct RelayServer::Impl {
     publish_oldest(w);
   }
 
-  void close_upstream(Session& s) {
+  void close_upstream(Worker& w, Session& s) {
     if (s.upstream) {
-      // close() takes the socket out of the epoll set: no other fd refers to it.
+      if (s.registered) w.loop.poller->remove(s.upstream.get(), s);
+      s.registered = false;
       s.upstream.reset();
       pool_.released(*s.upstream_ref);
     }
@@ -967,12 +925,12 @@ struct RelayServer::Impl {
 
   // An ICMP error came back for the session's upstream: it is marked failed for the
   // pool's passive health, and the session's next datagram picks again, avoiding it.
-  void upstream_failed(Session& s, int err) {
+  void upstream_failed(Worker& w, Session& s, int err) {
     counters_.upstream_error(classify(err));
     Upstream* u = s.upstream_ref;
     spdlog::debug("[c{} {}] upstream {}: {}", s.id, name_, s.upstream_name, net::errno_text(err));
     pool_.failed(*u);
-    close_upstream(s);
+    close_upstream(w, s);
     s.avoid = u;
   }
 
@@ -997,7 +955,7 @@ struct RelayServer::Impl {
       if (is_upstream_error(err)) {
         // The error is about an earlier datagram; this one was not sent, so it gets
         // one more try on the upstream picked next.
-        upstream_failed(s, err);
+        upstream_failed(w, s, err);
         continue;
       }
       counters_.drop(obs::Drop::SendFailed);
@@ -1008,7 +966,7 @@ struct RelayServer::Impl {
   }
 
   // 0 when sent, else the errno. Never waits: a full upstream buffer drops the datagram
-  // rather than stalling every other session of this worker.
+  // rather than stalling every other session of this loop.
   int send_upstream(Session& s, const std::byte* data, std::uint32_t len) {
     iovec iov[2];
     int parts = 0;
@@ -1043,17 +1001,17 @@ struct RelayServer::Impl {
     }
     for (Upstream* u : plan) {
       net::SockAddr addr;
-      switch (book_.lookup(u->endpoint, addr)) {
-        case AddressBook::Lookup::Pending:
+      switch (lookup(w, *u, addr)) {
+        case Lookup::Pending:
           s.link = Session::Link::Resolving;
           s.resolving = u;
           w.resolving.push_back(s.key);
           return;
-        case AddressBook::Lookup::Failed:
+        case Lookup::Failed:
           counters_.upstream_error(obs::UpstreamError::Resolve);
           pool_.failed(*u);
           continue;
-        case AddressBook::Lookup::Ready:
+        case Lookup::Ready:
           break;
       }
       if (open_upstream(w, s, *u, addr)) return;
@@ -1097,13 +1055,13 @@ struct RelayServer::Impl {
       spdlog::debug("[c{} {}] connect udp {}: {}", s.id, name_, u.endpoint.to_string(), net::errno_text(err));
       return false;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.ptr = &s;
-    if (::epoll_ctl(w.epoll.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
+    // Registered before the first datagram goes: a reply that is already there when it
+    // joins the set is reported as an edge too.
+    if (!w.loop.poller->add(fd.get(), s, EPOLLIN | EPOLLET)) {
       warn("epoll_ctl", errno);
       return false;
     }
+    s.registered = true;
     // UpstreamPool::connected() would also clear the upstream's failure run, which for
     // UDP only a reply may do (see relay_replies); until then, count the session only.
     u.active.fetch_add(1, std::memory_order_relaxed);
@@ -1117,47 +1075,21 @@ struct RelayServer::Impl {
     return true;
   }
 
-  // Sessions waiting for a name: an answer came (for some name), so link again.
-  void retry_resolving(Worker& w) {
-    std::vector<ClientKey> keys;
-    keys.swap(w.resolving);
-    for (const ClientKey& key : keys) {
-      auto it = w.table.find(key);
-      if (it == w.table.end() || it->second->link != Session::Link::Resolving) continue;
-      Session& s = *it->second;
-      net::SockAddr addr;
-      const auto state = book_.lookup(s.resolving->endpoint, addr);
-      if (state == AddressBook::Lookup::Pending) {
-        w.resolving.push_back(key);
-        continue;
-      }
-      std::vector<std::string> held;
-      held.swap(s.held);
-      s.link = Session::Link::Idle;
-      if (state == AddressBook::Lookup::Failed) {
-        counters_.upstream_error(obs::UpstreamError::Resolve);
-        pool_.failed(*s.resolving);
-        s.avoid = s.resolving;
-      }
-      s.resolving = nullptr;
-      for (const auto& d : held) {
-        forward(w, s, reinterpret_cast<const std::byte*>(d.data()), static_cast<std::uint32_t>(d.size()));
-      }
-    }
-  }
+  // --- replies ---------------------------------------------------------------------
 
-  // Reads what the session's upstream sent and passes it to the client, from the
-  // address the client last sent to.
-  // Replies are queued for the client side and sent with one sendmmsg for all the
-  // sessions of a batch (flush_replies), not one per session.
+  // Edge-triggered: reads what the session's upstream sent until the socket is empty,
+  // or for kReplyBatchesPerEvent batches and then again after the loop's other ready
+  // handlers. Replies are queued for one sendmmsg over the sessions of a loop turn
+  // (flush_replies), not one send per session.
   void relay_replies(Worker& w, Session& s) {
     if (!s.upstream) return;
+    w.now = w.loop.poller->now();
     for (unsigned round = 0; round < kReplyBatchesPerEvent; ++round) {
       if (w.out_count == kBatch || (w.out_count != 0 && w.out_fd != s.listener_fd)) flush_replies(w);
       const unsigned first = w.out_count;
       const unsigned room = kBatch - first;
       for (unsigned i = first; i < kBatch; ++i) {
-        w.iov[i] = {w.reply_buffer.get() + static_cast<std::size_t>(i) * max_datagram_, max_datagram_};
+        w.iov[i] = {w.reply_buffers.slot(i), max_datagram_};
         msghdr& h = w.msgs[i].msg_hdr;
         h = msghdr{};
         h.msg_iov = &w.iov[i];
@@ -1169,7 +1101,7 @@ struct RelayServer::Impl {
         if (err == EINTR) continue;
         if (is_again(err)) return;
         if (is_upstream_error(err)) {
-          upstream_failed(s, err);
+          upstream_failed(w, s, err);
           return;
         }
         if (is_impossible(err)) fatal(name_, "recvmmsg", err);
@@ -1191,17 +1123,21 @@ struct RelayServer::Impl {
           continue;
         }
         bytes += len;
-        // Compact in place: message `out_count` reuses buffer i (never more bytes than read).
         const unsigned out = w.out_count++;
-        w.iov[out] = {w.iov[i].iov_base, len};
+        // A truncated reply before it left a gap: close it, so slot `out` is message
+        // `out`'s and the next recvmmsg may fill every slot after it.
+        if (out != i) std::memmove(w.reply_buffers.slot(out), w.reply_buffers.slot(i), len);
+        w.iov[out] = {w.reply_buffers.slot(out), len};
+        w.reply_to[out] = s.client;
         msghdr& h = w.msgs[out].msg_hdr;
         h = msghdr{};
-        h.msg_name = &s.client;
+        h.msg_name = &w.reply_to[out];
         h.msg_namelen = s.client_len;
         h.msg_iov = &w.iov[out];
         h.msg_iovlen = 1;
         if (s.reply_control_len != 0) {
-          h.msg_control = s.reply_control;
+          std::memcpy(w.reply_control[out].data(), s.reply_control, s.reply_control_len);
+          h.msg_control = w.reply_control[out].data();
           h.msg_controllen = s.reply_control_len;
         }
       }
@@ -1209,12 +1145,23 @@ struct RelayServer::Impl {
       counters_.add(counters_.upstream_bytes_received, bytes);
       s.bytes_down += bytes;
       touch(w, s);
+      schedule_flush(w);
       if (static_cast<unsigned>(n) < room) return;
     }
+    w.loop.poller->defer(s);
   }
 
-  // Sends the queued replies. Their headers point into sessions, so this runs before
-  // any session of the batch can be finished.
+  // The Poller calls handlers one at a time with no end-of-batch hook; a post from the
+  // loop's own thread runs once the Poller's batch of ready handlers is done.
+  void schedule_flush(Worker& w) {
+    if (w.out_count == 0 || w.flush_posted) return;
+    w.flush_posted = true;
+    boost::asio::post(*w.loop.ctx, [this, worker = &w] {
+      worker->flush_posted = false;
+      if (!worker->closed) flush_replies(*worker);
+    });
+  }
+
   void flush_replies(Worker& w) {
     if (w.out_count == 0) return;
     const Sent sent = send_datagrams(w.out_fd, w.msgs.data(), w.out_count, name_, counters_, warn_gate_);
@@ -1222,7 +1169,6 @@ struct RelayServer::Impl {
     counters_.add(counters_.bytes_sent, sent.bytes);
     w.out_count = 0;
   }
-
 
   void warn(const char* call, int err) { warn_gate_.warn(name_, call, err); }
 
@@ -1232,36 +1178,40 @@ struct RelayServer::Impl {
   const bool proxy_v2_;
   const config::Duration session_timeout_;
   const std::uint64_t max_sessions_;
-  const unsigned worker_count_;
   const std::vector<int> sockets_;
   obs::ListenerCounters& counters_;
   upstream::UpstreamPool pool_;
-  AddressBook book_;
+  upstream::Resolver& resolver_;
+  const std::vector<net::Endpoint> endpoints_;  // the upstreams in listener order: the books' index
   const std::uint64_t seed_;
-  SourcePolicy policy_;
   std::optional<net::SockAddr> source_address_;
+  std::vector<Local> locals_;  // set by start(), read-only after
   net::Fd fan4_;  // fan-out: unconnected senders, one per family
   net::Fd fan6_;
 
   std::vector<std::unique_ptr<Worker>> workers_;
-  // Sessions over all workers, for max_sessions, less those asked to close.
+  // Sessions over all loops, for max_sessions, less those asked to close.
   std::atomic<std::uint64_t> sessions_{0};
   std::atomic<std::uint64_t> next_id_{1};
 
-  net::Fd read_wake_;  // eventfd; readable once stop_reading() ran
-  std::atomic<bool> stop_reading_{false};
-  bool inline_ = false;  // one worker, which reads the listener sockets itself (set before threads start)
-  std::atomic<bool> inline_stopped_{false};
-  std::atomic<bool> stopping_{false};
-  std::mutex lifecycle_;  // start/stop/joins
+  // Names, on the first loop: touched there, or by start() before the loops run.
+  std::vector<Name> names_;
+  boost::asio::steady_timer refresh_;
+  bool refresh_armed_ = false;
+  Clock::time_point refresh_due_{};
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once the first loop closed
+
+  // The calling thread's (see RelayServer).
   bool started_ = false;
-  std::vector<std::unique_ptr<Reader>> readers_;
+  bool reading_stopped_ = false;
+  bool stopped_ = false;
   WarnGate warn_gate_;
+  DatagramReaders readers_;  // last: destroyed first, so no batch is served on what went
 };
 
 RelayServer::RelayServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-                         upstream::Resolver& resolver)
-    : impl_(std::make_unique<Impl>(listener, std::move(sockets), counters, resolver)) {}
+                         std::vector<net::LoopRef> loops, upstream::Resolver& resolver)
+    : impl_(std::make_unique<Impl>(listener, std::move(sockets), counters, std::move(loops), resolver)) {}
 
 RelayServer::~RelayServer() = default;
 

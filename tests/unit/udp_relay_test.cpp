@@ -1,5 +1,5 @@
-// RelayServer driven over real loopback sockets: the test binds the listener socket and
-// plays the upstreams itself (plain UDP sockets it reads with recvfrom and answers by
+// RelayServer driven over real loopback sockets on loops of the test's own: the test
+// binds the listener socket and plays the upstreams itself (plain UDP sockets it reads with recvfrom and answers by
 // hand), so every assertion is on bytes, ports and counters. Multicast never leaves
 // the host: the sender pins IP_MULTICAST_IF to 127.0.0.1 with TTL 0.
 #include <arpa/inet.h>
@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -74,8 +75,12 @@ struct Rig {
     if (adjust) adjust(listener);
     server = bound_socket("127.0.0.1");
     to = local_address(server.get());
-    relay = std::make_unique<RelayServer>(listener, std::vector<int>{server.get()}, counters, resolver());
+    // As many daemon workers as the listener asks to read its socket.
+    loops = std::make_unique<Loops>(std::max(1U, listener.workers));
+    relay = std::make_unique<RelayServer>(listener, std::vector<int>{server.get()}, counters, loops->refs(),
+                                          resolver());
     relay->start();
+    loops->run();
   }
   ~Rig() {
     if (relay) relay->stop();
@@ -87,6 +92,7 @@ struct Rig {
   Fd server;
   Address to;
   obs::ListenerCounters counters{"udp-relay-test"};
+  std::unique_ptr<Loops> loops;
   std::unique_ptr<RelayServer> relay;
 };
 
@@ -311,8 +317,10 @@ TEST(UdpRelay, WildcardListenerRepliesFromTheAddressTheClientSentTo) {
   listener.proxy_protocol = config::ProxyProtocol::V2;
   Fd server = bound_socket("0.0.0.0");
   obs::ListenerCounters counters("udp-relay-test");
-  RelayServer relay(listener, {server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
   relay.start();
+  loops.run();
 
   // 127.0.0.2 is local on lo but not the address the kernel would pick as a source.
   const Address to = make_address("127.0.0.2", local_address(server.get()).port());
@@ -332,8 +340,11 @@ TEST(UdpRelay, RelaysIpv6ClientsToAnIpv4Upstream) {
   Fd up = bound_socket("127.0.0.1");
   Fd server = bound_socket("::1");
   obs::ListenerCounters counters("udp-relay-test");
-  RelayServer relay(relay_listener({endpoint_of(local_address(up.get()))}), {server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(relay_listener({endpoint_of(local_address(up.get()))}), {server.get()}, counters, loops.refs(),
+                    resolver());
   relay.start();
+  loops.run();
 
   Fd client = bound_socket("::1");
   send_to(client.get(), "six", local_address(server.get()));
@@ -360,8 +371,10 @@ TEST(UdpRelay, RefusedUpstreamIsMarkedFailedAndTheNextDatagramPicksAnother) {
   Fd server = bound_socket("127.0.0.1");
   // Round-robin starts at the first upstream: the dead one.
   const auto listener = relay_listener({endpoint_of(dead), endpoint_of(local_address(alive.get()))});
-  RelayServer relay(listener, {server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
   relay.start();
+  loops.run();
 
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), "lost", local_address(server.get()));
@@ -392,8 +405,10 @@ TEST(UdpRelay, AppliesDeniedPortsAndMaxDatagram) {
   auto l = rig.listener;
   l.deny_source_ports = {local_address(denied.get()).port()};
   obs::ListenerCounters counters("udp-relay-test");
-  RelayServer relay(l, {rig.server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(l, {rig.server.get()}, counters, loops.refs(), resolver());
   relay.start();
+  loops.run();
   send_to(denied.get(), "no", rig.to);
   ASSERT_TRUE(wait_until([&] { return dropped(counters, Drop::DeniedPort) == 1; }));
   EXPECT_EQ(counters.refused[static_cast<unsigned>(obs::Refuse::DeniedPort)].load(), 1U);
@@ -443,8 +458,10 @@ TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
   ASSERT_TRUE(joined) << joined.error();
 
   obs::ListenerCounters counters("mcast-relay-test");
-  RelayServer relay(listener, {server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
   relay.start();
+  loops.run();
 
   Fd sender = loopback_multicast_sender();
   const Address to = make_address(group, port);
@@ -489,8 +506,10 @@ TEST(UdpRelay, RelaysToAnUpstreamGivenByName) {
   named.port = local_address(v4.get()).port();
   obs::ListenerCounters counters("udp-relay-test");
   Fd server = bound_socket("127.0.0.1");
-  RelayServer relay(relay_listener({named}), {server.get()}, counters, resolver());
+  Loops loops(1);
+  RelayServer relay(relay_listener({named}), {server.get()}, counters, loops.refs(), resolver());
   relay.start();
+  loops.run();
 
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), "by-name", local_address(server.get()));
