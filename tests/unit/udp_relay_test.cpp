@@ -10,10 +10,13 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/post.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
@@ -254,6 +257,55 @@ TEST(UdpRelay, MaxSessionsHoldsAcrossWorkers) {
   // Another worker closes its oldest on its next turn, so the count settles.
   ASSERT_TRUE(wait_until([&] { return rig.counters.udp_sessions_active.load() == 2; }));
   EXPECT_EQ(rig.counters.udp_sessions_evicted.load(), 4U);
+}
+
+// Worker 0 reads the socket; the clients worker 1 owns are handed to it through an inbox
+// of queue / 2 slots. While worker 1 is held busy the inbox fills, and the rest of its
+// clients' datagrams are dropped as queue_full, never lost uncounted.
+TEST(UdpRelay, HandOverToAnotherWorkerIsBoundedByTheQueue) {
+  Fd up = bound_socket("127.0.0.1");
+  auto listener = relay_listener({endpoint_of(local_address(up.get()))});
+  listener.queue = 8;
+  Fd server = bound_socket("127.0.0.1");
+  obs::ListenerCounters counters("udp-relay-test");
+  Loops loops(2);
+  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay.start();
+  loops.run();
+
+  std::promise<void> release;
+  std::promise<void> holding;
+  boost::asio::post(*loops.refs()[1].ctx, [&release, &holding] {
+    holding.set_value();
+    release.get_future().wait();
+  });
+  holding.get_future().wait();
+  constexpr unsigned kClients = 40;
+  std::vector<Fd> clients;
+  for (unsigned i = 0; i < kClients; ++i) {
+    clients.push_back(bound_socket("127.0.0.1"));
+    send_to(clients.back().get(), "c" + std::to_string(i), local_address(server.get()));
+  }
+  // Worker 0 relayed its own clients, 4 of worker 1's wait in its inbox, the rest were
+  // dropped (about half of 40 clients are worker 1's: fewer than 5 is a 1-in-10^7 draw).
+  constexpr unsigned kInbox = 4;
+  const bool settled = wait_until(
+      [&] { return counters.requests.load() + dropped(counters, Drop::QueueFull) + kInbox == kClients; });
+  const std::uint64_t full = dropped(counters, Drop::QueueFull);
+  release.set_value();
+  ASSERT_TRUE(settled) << counters.requests.load() << " relayed, " << full << " dropped";
+  EXPECT_GE(full, 1U);
+  std::set<std::string> relayed;
+  while (relayed.size() < kClients - full) {
+    const auto got = receive(up.get());
+    ASSERT_TRUE(got) << relayed.size() << " relayed, " << full << " dropped";
+    relayed.insert(*got);
+  }
+  EXPECT_FALSE(receive(up.get(), kQuiet));
+  EXPECT_EQ(dropped(counters, Drop::QueueFull), full);
+  EXPECT_EQ(counters.udp_sessions_active.load(),
+            static_cast<decltype(counters.udp_sessions_active.load())>(kClients - full));
+  relay.stop();
 }
 
 TEST(UdpRelay, RoundRobinSpreadsSessionsOverUpstreams) {
