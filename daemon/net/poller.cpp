@@ -42,6 +42,10 @@ bool Poller::add(int fd, PollHandler& handler, std::uint32_t events) {
 
 void Poller::remove(int fd, PollHandler& handler) {
   ::epoll_ctl(epoll_.native_handle(), EPOLL_CTL_DEL, fd, nullptr);
+  forget(handler);
+}
+
+void Poller::forget(PollHandler& handler) {
   // Its events later in the batch being dispatched are void: the handler may be gone.
   for (int i = dispatching_ + 1; i < batch_size_; ++i) {
     if (events_[i].data.ptr == &handler) events_[i].data.ptr = nullptr;

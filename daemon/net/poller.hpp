@@ -69,10 +69,14 @@ class Poller {
   // Unregisters before the handler closes `fd`: an fd shared with a forked child that
   // has not exec'd yet would otherwise stay in the set with a dangling handler.
   void remove(int fd, PollHandler& handler);
+  // What remove() does but for the fd: drops the poller's references to a handler that
+  // was never added (one that is only deferred or given a deadline) before it goes.
+  void forget(PollHandler& handler);
 
   // Calls handler.on_ready(EPOLLIN | EPOLLOUT) again after every other ready handler
   // had its turn. For a handler that stops before EAGAIN to be fair to the others
-  // (edge-triggered, no new edge may come for what it left).
+  // (edge-triggered, no new edge may come for what it left), or for work that waits
+  // for the batch's other handlers (a reply batch sent once for all of them).
   void defer(PollHandler& handler);
 
   // Deadlines fire up to one tick late. Moving a deadline later costs nothing (it is

@@ -249,9 +249,26 @@ struct RelayServer::Impl {
     std::list<Session>::iterator self;
   };
 
+  // Sends a loop's queued replies once the Poller's other ready handlers had their
+  // turn (it is deferred, not added: it has no fd), so the replies of every session
+  // ready in one batch leave with one sendmmsg.
+  struct Flush final : net::PollHandler {
+    Flush(Impl& o, Worker& w) : owner(o), worker(w) {}
+    void on_ready(std::uint32_t) override {
+      due = false;
+      owner.flush_replies(worker);
+    }
+    void on_deadline() override {}
+    void abandon() override {}
+
+    Impl& owner;
+    Worker& worker;
+    bool due = false;  // deferred on the Poller
+  };
+
   struct Worker {
-    Worker(net::LoopRef l, std::size_t i, std::uint64_t seed)
-        : loop(l), index(i), table(16, ClientKeyHash{seed}), expiry(*l.ctx) {}
+    Worker(Impl& owner, net::LoopRef l, std::size_t i, std::uint64_t seed)
+        : loop(l), index(i), table(16, ClientKeyHash{seed}), expiry(*l.ctx), flush(owner, *this) {}
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
@@ -293,7 +310,7 @@ struct RelayServer::Impl {
     alignas(cmsghdr) std::array<std::array<unsigned char, kControlSize>, kBatch> reply_control{};
     unsigned out_count = 0;
     int out_fd = -1;
-    bool flush_posted = false;
+    Flush flush;
 
     // Fan-out: one message per datagram and upstream, PROXY header first.
     std::array<mmsghdr, kBatch> fan{};
@@ -354,7 +371,7 @@ struct RelayServer::Impl {
                                                               1)
                                     : 0;
     for (std::size_t i = 0; i < loops.size(); ++i) {
-      auto w = std::make_unique<Worker>(loops[i], i, seed_);
+      auto w = std::make_unique<Worker>(*this, loops[i], i, seed_);
       w->book = book;
       if (inbox != 0) {
         w->buffers = SlotBuffers(inbox, max_datagram_);
@@ -456,6 +473,7 @@ struct RelayServer::Impl {
     }
     w.closed = true;
     w.expiry.cancel();
+    w.loop.poller->forget(w.flush);
     flush_replies(w);
     while (!w.lru.empty()) finish(w, w.lru.front(), End::Stopped);
     if (&w == workers_.front().get()) {
@@ -1080,7 +1098,7 @@ struct RelayServer::Impl {
   // Edge-triggered: reads what the session's upstream sent until the socket is empty,
   // or for kReplyBatchesPerEvent batches and then again after the loop's other ready
   // handlers. Replies are queued for one sendmmsg over the sessions of a loop turn
-  // (flush_replies), not one send per session.
+  // (Flush), not one send per session.
   void relay_replies(Worker& w, Session& s) {
     if (!s.upstream) return;
     w.now = w.loop.poller->now();
@@ -1145,21 +1163,13 @@ struct RelayServer::Impl {
       counters_.add(counters_.upstream_bytes_received, bytes);
       s.bytes_down += bytes;
       touch(w, s);
-      schedule_flush(w);
+      if (w.out_count != 0 && !w.flush.due) {
+        w.flush.due = true;
+        w.loop.poller->defer(w.flush);
+      }
       if (static_cast<unsigned>(n) < room) return;
     }
     w.loop.poller->defer(s);
-  }
-
-  // The Poller calls handlers one at a time with no end-of-batch hook; a post from the
-  // loop's own thread runs once the Poller's batch of ready handlers is done.
-  void schedule_flush(Worker& w) {
-    if (w.out_count == 0 || w.flush_posted) return;
-    w.flush_posted = true;
-    boost::asio::post(*w.loop.ctx, [this, worker = &w] {
-      worker->flush_posted = false;
-      if (!worker->closed) flush_replies(*worker);
-    });
   }
 
   void flush_replies(Worker& w) {
