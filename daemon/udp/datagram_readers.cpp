@@ -59,7 +59,9 @@ struct DatagramReaders::Impl {
       owner_.count_kernel_drops(socket_);
       loop_.poller->set_deadline(*this, loop_.poller->now() + kDropSampleInterval);
     }
-    void abandon() override { registered_ = false; }
+    // The poller goes first: off it now (it calls this until none is left), and the
+    // destructor finds nothing to unregister.
+    void abandon() override { owner_.unregister(*this); }
 
    private:
     friend struct Impl;

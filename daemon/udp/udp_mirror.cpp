@@ -173,7 +173,11 @@ class MirrorServer final : public DatagramServer {
       loop_.poller->defer(*this);
     }
     void on_deadline() override {}
-    void abandon() override { registered_ = false; }
+    // The poller goes first: off it now (it calls this until none is left).
+    void abandon() override {
+      if (registered_) loop_.poller->remove(fd_.get(), *this);
+      registered_ = false;
+    }
 
     // The socket, (re)connected to the collector's current address; -1 while it has
     // none or the kernel refuses (counted by the caller as errors).
