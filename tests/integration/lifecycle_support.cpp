@@ -707,6 +707,7 @@ void Load::run_churn(std::string address, int id, Millis pause) {
 void Load::run_persistent(std::string address, int id, Millis pause) {
   std::uint64_t seq = 0;
   Fd fd;
+  bool answered_here = false;  // fd has had an answer: a reused connection
   while (!stop_) {
     int err = 0;
     if (!fd) {
@@ -724,19 +725,25 @@ void Load::run_persistent(std::string address, int id, Millis pause) {
     if (closed_by_peer(fd.get())) {
       ++counters_.clean_closes;
       fd.reset();
+      answered_here = false;
       continue;
     }
     std::string request = "ping " + std::to_string(id) + " " + std::to_string(seq) + " " +
                           payload(seq * 7919 + static_cast<std::uint64_t>(id), 1 + seq % 300) + "\n";
     Outcome o = round_trip(fd.get(), request, 3000ms, &err);
-    bool retry = account(counters_, o);
+    const bool crossed = o == Outcome::CleanClose && answered_here && address.starts_with("/");
+    bool retry = crossed || account(counters_, o);
+    if (crossed) ++counters_.unix_close_crossed;
     if (o != Outcome::Ok)
       note("persistent " + std::to_string(id) + " seq " + std::to_string(seq) + ": " + to_string(o) +
+           (crossed ? " (Unix: the request crossed the server's FIN)" : "") +
            (err ? std::string(" (") + std::strerror(err) + ")" : ""));
     if (retry) {
       fd.reset();  // reconnect and send the same request again
+      answered_here = false;
     } else {
       ++seq;
+      answered_here = true;
     }
     std::this_thread::sleep_for(pause);
   }
@@ -800,7 +807,7 @@ std::string Load::summary() const {
   s << "requests ok " << c.requests_ok << ", connects " << c.connects << ", failed connects " << c.failed_connects
     << ", resets " << c.resets << ", partial " << c.partial << ", wrong " << c.wrong << ", timeouts " << c.timeouts
     << ", errors " << c.errors << ", EOF after a sent request " << c.eof_after_send << ", clean closes (seen before sending) "
-    << c.clean_closes << "; udp sent " << c.udp_sent << ", answered "
+    << c.clean_closes << ", Unix requests that crossed the server's FIN " << c.unix_close_crossed << "; udp sent " << c.udp_sent << ", answered "
     << c.udp_answered << ", lost " << c.udp_lost << ", wrong " << c.udp_wrong;
   std::lock_guard lock(mu_);
   for (const auto& n : notes_) s << "\n  " << n;
