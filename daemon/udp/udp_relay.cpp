@@ -820,8 +820,11 @@ struct RelayServer::Impl {
     counters_.udp_sessions_active.fetch_add(1, std::memory_order_relaxed);
     publish_oldest(w);
     arm_expiry(w);
-    spdlog::debug("[c{} {}] session from {}", s.id, name_,
-                  net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len));
+    // The address text is made only when it is logged: a new session is on the data path.
+    if (spdlog::should_log(spdlog::level::debug)) {
+      spdlog::debug("[c{} {}] session from {}", s.id, name_,
+                    net::format_sockaddr(reinterpret_cast<const sockaddr*>(&s.client), s.client_len));
+    }
     return s;
   }
 
