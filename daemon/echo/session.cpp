@@ -63,7 +63,7 @@ class EchoSession final : public net::Session, public net::PollHandler {
 
   void on_ready(std::uint32_t events) override {
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) peer_done_ = true;
-    if (lingering_) {
+    if (phase_ == Phase::Lingering) {
       linger_read();
     } else {
       serve(poller_.now());
@@ -71,16 +71,14 @@ class EchoSession final : public net::Session, public net::PollHandler {
   }
 
   void on_deadline() override {
-    if (drain_idle_) {
-      drain_idle_ = false;
-      reason_ = "drained";
-      return start_linger(poller_.now());
-    }
-    switch (deadline_reason_) {
-      case obs::Refuse::WriteTimeout: return expire(deadline_reason_, "write timeout");
-      case obs::Refuse::RequestTimeout: return expire(deadline_reason_, "request timeout");
-      case obs::Refuse::ReadTimeout: return expire(deadline_reason_, "read timeout");
-      default: return expire(obs::Refuse::Count, nullptr);  // the linger limit
+    switch (deadline_) {
+      case Deadline::Read: return expire(obs::Refuse::ReadTimeout, "read timeout");
+      case Deadline::Request: return expire(obs::Refuse::RequestTimeout, "request timeout");
+      case Deadline::Write: return expire(obs::Refuse::WriteTimeout, "write timeout");
+      case Deadline::DrainGrace:
+        reason_ = "drained";
+        return start_linger(poller_.now());
+      case Deadline::Linger: return finish();  // the peer never sent its FIN; nothing was lost
     }
   }
 
@@ -95,50 +93,59 @@ class EchoSession final : public net::Session, public net::PollHandler {
   // on the way (the client connected just before the drain); it is served, or closed
   // by its read_timeout or the drain deadline.
   void drain() override {
-    if (draining_) return;
-    draining_ = true;
-    if (lingering_ || !unsent_.empty() || !pending_.empty()) return;  // closes at the boundary
+    if (phase_ != Phase::Serving) return;
+    phase_ = Phase::Draining;
+    if (!unsent_.empty() || !pending_.empty()) return;  // closes at the boundary
     if (waiting_in_socket()) return serve(Clock::now());
     if (requests_ == 0) return;
     const auto now = Clock::now();
-    if (now + kDrainIdleGrace < poller_deadline_) {
-      drain_idle_ = true;
-      poller_.set_deadline(*this, now + kDrainIdleGrace);
-    }
+    if (now + kDrainIdleGrace < poller_deadline_) set_deadline(now + kDrainIdleGrace, Deadline::DrainGrace);
   }
 
   // Cut by the drain deadline: a reset, so that the client can tell it from an answer
   // that simply ended.
   void close_now() override {
     (void)net::set_linger(fd_, 0);
-    expire(obs::Refuse::Count, "drain timeout");
+    reason_ = "drain timeout";
+    finish();
   }
 
  private:
   enum class Sent { All, Blocked, Failed };
+
+  // Where the session is in its life; an event means what the phase says it means.
+  //
+  //   Serving ──drain()──▶ Draining ──at a request boundary──▶ Lingering ──peer's FIN──▶ closed
+  //      │                    │                                    └──Linger deadline──▶ closed
+  //      └────────────────────┴──peer FIN, error, timeout, frame too large──────────────▶ closed
+  //
+  // Draining still answers: it closes only right behind an answer (or after
+  // kDrainIdleGrace with nothing asked), so the client never meets EOF in place of one.
+  enum class Phase { Serving, Draining, Lingering };
+  // What the one pending deadline means when it passes.
+  enum class Deadline { Read, Request, Write, DrainGrace, Linger };
 
   void begin_request(Clock::time_point now) {
     request_started_ = now;
     const bool request_first = spec_.request_timeout.count() > 0 &&
                                (spec_.read_timeout.count() == 0 || spec_.request_timeout < spec_.read_timeout);
     set_deadline(std::min(after(spec_.read_timeout, now), after(spec_.request_timeout, now)),
-                 request_first ? obs::Refuse::RequestTimeout : obs::Refuse::ReadTimeout);
+                 request_first ? Deadline::Request : Deadline::Read);
   }
 
   void begin_write(Clock::time_point now) {
     const auto write_deadline = after(spec_.write_timeout, now);
     const auto request_deadline = after(spec_.request_timeout, request_started_);
     if (request_deadline < write_deadline) {
-      set_deadline(request_deadline, obs::Refuse::RequestTimeout);
+      set_deadline(request_deadline, Deadline::Request);
     } else {
-      set_deadline(write_deadline, obs::Refuse::WriteTimeout);
+      set_deadline(write_deadline, Deadline::Write);
     }
   }
 
-  void set_deadline(Clock::time_point deadline, obs::Refuse reason) {
-    deadline_reason_ = reason;
+  void set_deadline(Clock::time_point deadline, Deadline kind) {
+    deadline_ = kind;
     poller_deadline_ = deadline;
-    drain_idle_ = false;
     poller_.set_deadline(*this, deadline);
   }
 
@@ -163,7 +170,7 @@ class EchoSession final : public net::Session, public net::PollHandler {
         poller_.defer(*this);
         return;
       }
-      if (draining_ && pending_.empty() && requests_ > 0 && !waiting_in_socket()) {
+      if (phase_ == Phase::Draining && pending_.empty() && requests_ > 0 && !waiting_in_socket()) {
         // Right behind an answer, nothing more sent: the request boundary.
         reason_ = "drained";
         return start_linger(now);
@@ -185,12 +192,12 @@ class EchoSession final : public net::Session, public net::PollHandler {
       }
       counters_.add(counters_.bytes_received, static_cast<std::uint64_t>(n));
       bytes_in_ += static_cast<std::uint64_t>(n);
-      if (drain_idle_) begin_request(now);  // a request came: its own timeouts apply
+      if (deadline_ == Deadline::DrainGrace) begin_request(now);  // a request came: its own timeouts apply
       if (!consume(std::span<const char>(buf.data(), static_cast<std::size_t>(n)), now)) return;
       // A short read emptied the socket: the next arrival is a new edge. After a
       // hang-up keep reading, to meet the FIN; while draining, go round to close at
       // this request boundary.
-      if (static_cast<std::size_t>(n) < buf.size() && !peer_done_ && !draining_) return;
+      if (static_cast<std::size_t>(n) < buf.size() && !peer_done_ && phase_ == Phase::Serving) return;
     }
   }
 
@@ -216,7 +223,7 @@ class EchoSession final : public net::Session, public net::PollHandler {
     // The last answer of a draining session leaves with the FIN in the same segment
     // (corked until the shutdown), so a client that reads it sees EOF at once and
     // never sends another request into a closing connection.
-    const bool last = draining_ && scan.complete == data.size() && !waiting_in_socket();
+    const bool last = phase_ == Phase::Draining && scan.complete == data.size() && !waiting_in_socket();
     if (last) cork(true);
     // send_some copies what it cannot send before pending_ changes under `data`.
     const Sent sent = send_some(data.first(scan.complete));
@@ -274,8 +281,8 @@ class EchoSession final : public net::Session, public net::PollHandler {
   }
 
   void expire(obs::Refuse reason, const char* why) {
-    if (reason != obs::Refuse::Count) counters_.refuse(reason);
-    if (why) reason_ = why;
+    counters_.refuse(reason);
+    reason_ = why;
     finish();
   }
 
@@ -290,8 +297,8 @@ class EchoSession final : public net::Session, public net::PollHandler {
   void start_linger(Clock::time_point now) {
     ::shutdown(fd_, SHUT_WR);
     cork(false);
-    lingering_ = true;
-    set_deadline(now + kLingerLimit, obs::Refuse::Count);
+    phase_ = Phase::Lingering;
+    set_deadline(now + kLingerLimit, Deadline::Linger);
     linger_read();
   }
 
@@ -346,7 +353,7 @@ class EchoSession final : public net::Session, public net::PollHandler {
   std::vector<char> unsent_;   // answer bytes the kernel has not taken yet
   std::size_t unsent_frames_ = 0;
   Clock::time_point request_started_{};
-  obs::Refuse deadline_reason_ = obs::Refuse::ReadTimeout;
+  Deadline deadline_ = Deadline::Read;
   const std::uint64_t id_;
   const Clock::time_point started_;
   std::uint64_t bytes_in_ = 0;
@@ -354,10 +361,8 @@ class EchoSession final : public net::Session, public net::PollHandler {
   std::uint64_t requests_ = 0;
   const char* reason_ = "closed";
   Clock::time_point poller_deadline_ = Clock::time_point::max();
-  bool draining_ = false;
-  bool drain_idle_ = false;  // the deadline set is kDrainIdleGrace's, not a timeout
-  bool lingering_ = false;
-  bool peer_done_ = false;
+  Phase phase_ = Phase::Serving;
+  bool peer_done_ = false;  // the peer hung up or closed its side: read on to its FIN
 };
 
 }  // namespace
