@@ -1,12 +1,14 @@
 // UDP and multicast relay through the real daemon: one session (and upstream source
 // port) per client address, replies to the right client from the listener's address,
 // session_timeout expiry, max_sessions eviction of the oldest idle session, the PROXY v2
-// header on the first datagram of each session, and multicast fan-out to every upstream
-// (inside a network namespace of the test's own, so no multicast leaves the machine).
+// header on the first datagram of each session, replies relayed after SIGTERM stopped
+// the reading, and multicast fan-out to every upstream (inside a network namespace of
+// the test's own, so no multicast leaves the machine).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <net/if.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -150,6 +152,57 @@ TEST(RelayUdp, MaxSessionsEvictsTheOldestIdleSession) {
   ASSERT_TRUE(round_trip(b.get(), listener, "b3"));
   EXPECT_EQ(upstream_source_of(upstream, "b3"), upstream_source_of(upstream, "b1")) << "b was not the oldest";
   EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_active", L("u"), 2));
+}
+
+// SIGTERM stops the reading at once (without a successor, after forwarding what the
+// socket held), and the daemon drops its own reference to the socket then, as for an
+// echo; yet a session's upstream may still answer, and the reply reaches the client
+// from the listener's address for as long as the drain lasts (here a TCP request in
+// flight holds it open). The relay replies through a duplicate of its own.
+TEST(RelayUdp, SessionsStillRelayRepliesAfterSigtermStoppedTheReading) {
+  Fd upstream = udp_bind("127.0.0.1:0");
+  ASSERT_TRUE(upstream);
+  const std::string up = "127.0.0.1:" + std::to_string(local_port(upstream.get()));
+  Daemon daemon(R"([daemon]
+workers = 2
+drain_timeout = "10s"
+
+[[listener]]
+name = "u"
+protocol = "udp"
+address = "127.0.0.1:0"
+handler = "relay"
+upstreams = [")" + up + R"("]
+
+[[listener]]
+name = "t"
+protocol = "tcp"
+address = "127.0.0.1:0"
+)");
+  ASSERT_TRUE(daemon.start());
+  Fd client = udp_connect(daemon.address("u"));
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(udp_send(client.get(), "before"));
+  sockaddr_storage session{};
+  ASSERT_EQ(udp_recv(upstream.get(), kIoTimeout, &session), "before");
+
+  Fd tcp = connect_to(daemon.address("t"));
+  ASSERT_TRUE(tcp);
+  ASSERT_TRUE(send_all(tcp.get(), "ping\n"));
+  ASSERT_EQ(recv_exact(tcp.get(), 5), "ping\n");
+  ASSERT_TRUE(send_all(tcp.get(), "in flight"));  // the drain waits for its answer
+
+  ASSERT_TRUE(daemon.signal(SIGTERM));
+  ASSERT_TRUE(wait_until([&] { return daemon.log().find("udp u: stopped reading") != std::string::npos; }))
+      << daemon.log();
+  ASSERT_TRUE(udp_send(client.get(), "after the stop"));
+  EXPECT_FALSE(udp_recv(upstream.get(), 300ms).has_value()) << "the socket was read after the stop";
+  ASSERT_TRUE(udp_send_to(upstream.get(), format_inet(session), "reply after the stop"));
+  EXPECT_EQ(udp_recv(client.get()), "reply after the stop");
+
+  ASSERT_TRUE(send_all(tcp.get(), "\n"));
+  EXPECT_EQ(recv_exact(tcp.get(), 10), "in flight\n");
+  EXPECT_EQ(daemon.wait_exit(), 0);
 }
 
 TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
