@@ -2,8 +2,9 @@
 // port) per client address, replies to the right client from the listener's address,
 // session_timeout expiry, max_sessions eviction of the oldest idle session, the PROXY v2
 // header on the first datagram of each session, replies relayed after SIGTERM stopped
-// the reading, and multicast fan-out to every upstream (inside a network namespace of
-// the test's own, so no multicast leaves the machine).
+// the reading, and multicast fan-out to every upstream, each datagram once also when two
+// workers read the group's socket (inside a network namespace of the test's own, so no
+// multicast leaves the machine).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -252,18 +253,11 @@ TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
   return ::testing::AssertionSuccess();
 }
 
-TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
-  RelayNetNs ns;
-  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
-  std::mt19937 rng(static_cast<unsigned>(::getpid()));
-  const std::string group = "239.255." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
-  DatagramUpstream one("127.0.0.1:0", /*echo=*/true, ns.name());
-  DatagramUpstream two("127.0.0.1:0", /*echo=*/true, ns.name());
-  DatagramUpstream three("127.0.0.2:0", /*echo=*/true, ns.name());
-  ASSERT_TRUE(one.ok() && two.ok() && three.ok());
-  Daemon::Options options;
-  options.netns = ns.name();
-  Daemon daemon(R"([daemon]
+// Two daemon workers, a multicast relay "mc" on `group` (port 0, joined on lo) to
+// `upstreams`; `keys` are added to its table.
+std::string multicast_relay_config(const std::string& group, const std::vector<std::string>& upstreams,
+                                   const std::string& keys = "") {
+  return R"([daemon]
 workers = 2
 drain_timeout = "1s"
 
@@ -276,8 +270,21 @@ protocol = "multicast"
 address = ")" + group + R"(:0"
 interface = "lo"
 handler = "relay"
-upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\n",
-                options);
+upstreams = )" + toml_list(upstreams) + "\n" + keys;
+}
+
+TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()));
+  const std::string group = "239.255." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  DatagramUpstream one("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream two("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream three("127.0.0.2:0", /*echo=*/true, ns.name());
+  ASSERT_TRUE(one.ok() && two.ok() && three.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(multicast_relay_config(group, {one.address(), two.address(), three.address()}), options);
   ASSERT_TRUE(daemon.start());
   const std::string group_address = daemon.address("mc");
   ASSERT_EQ(group_address.rfind(group + ":", 0), 0u) << group_address;
@@ -296,6 +303,50 @@ upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\
   }
   // Replies from the upstreams (they echo) are ignored, never sent to the sender.
   EXPECT_FALSE(udp_recv(sender.get(), 500ms).has_value());
+}
+
+// `workers = 2`: both workers wait on the group's one socket (EPOLLEXCLUSIVE) and each
+// sends what it read to every upstream, so whichever worker reads a datagram, every
+// upstream gets it exactly once (a relay that joined the group once per worker would
+// send each twice).
+TEST(RelayUdp, MulticastRelayReadByTwoWorkersForwardsEveryDatagramOnce) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()) + 2);
+  const std::string group = "239.252." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  DatagramUpstream one("127.0.0.1:0", /*echo=*/false, ns.name());
+  DatagramUpstream two("127.0.0.1:0", /*echo=*/false, ns.name());
+  ASSERT_TRUE(one.ok() && two.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(multicast_relay_config(group, {one.address(), two.address()}, "workers = 2\n"), options);
+  ASSERT_TRUE(daemon.start());
+  Fd sender = ns.run([] { return udp_bind("127.0.0.1:0"); });
+  ASSERT_TRUE(sender);
+  ASSERT_TRUE(confine_to_loopback(sender.get()));
+  constexpr std::size_t kRounds = 20;
+  constexpr std::size_t kPerRound = 25;
+  std::multiset<std::string> sent;
+  for (std::size_t r = 0; r < kRounds; ++r) {
+    for (std::size_t i = 0; i < kPerRound; ++i) {
+      const std::string payload = "datagram " + std::to_string(r * kPerRound + i);
+      ASSERT_TRUE(udp_send_to(sender.get(), daemon.address("mc"), payload));
+      sent.insert(payload);
+    }
+    // Paced by what arrived, so that no receive buffer on the way overflows.
+    ASSERT_TRUE(one.wait_for(sent.size())) << one.datagrams().size() << " of " << sent.size();
+    ASSERT_TRUE(two.wait_for(sent.size())) << two.datagrams().size() << " of " << sent.size();
+  }
+  const auto n = static_cast<double>(sent.size());
+  EXPECT_TRUE(wait_metric_in(ns.name(), daemon.admin(), "echorelay_requests_total", L("mc"), 2 * n));
+  EXPECT_EQ(metric_in(ns.name(), daemon.admin(), "echorelay_datagrams_received_total", L("mc")), n);
+  // A second copy of any of them would arrive now.
+  EXPECT_FALSE(one.wait_for(sent.size() + 1, 300ms));
+  for (const auto* u : {&one, &two}) {
+    std::multiset<std::string> got;
+    for (const auto& d : u->datagrams()) got.insert(d.data);
+    EXPECT_EQ(got, sent) << u->address();
+  }
 }
 
 // A group member on lo that reports each datagram's IP TTL (IP_RECVTTL).
