@@ -131,9 +131,8 @@ struct App::Impl {
   std::vector<std::unique_ptr<listen::StreamAcceptor>> acceptors;
   std::unique_ptr<upstream::Resolver> resolver;  // only when some listener relays, or mirrors to a name
   std::vector<std::unique_ptr<relay::RelayListener>> relay_listeners;
-  std::vector<std::unique_ptr<udp::DatagramServer>> udp_servers;  // echo and mirror, on the workers
+  std::vector<std::unique_ptr<udp::DatagramServer>> udp_servers;  // echo, mirror and relay, on the workers
   std::vector<listen::OpenListener*> udp_server_listeners;  // udp_servers[i] serves udp_server_listeners[i]
-  std::vector<std::unique_ptr<udp::RelayServer>> udp_relays;  // on the workers; their sessions reply until exit
   std::unique_ptr<admin::Server> admin_server;
   std::optional<net::Endpoint> admin_bound;
   std::unique_ptr<lifecycle::Restarter> restarter;
@@ -145,8 +144,8 @@ struct App::Impl {
   Clock::time_point last_extend{};
   // Who speaks for the service and what a signal means now (see lifecycle/service.hpp).
   lifecycle::Service service;
-  // During the drain: acceptors not yet paused and UDP echo or mirror servers whose
-  // workers still read their sockets. The count of connections is final only at zero.
+  // During the drain: acceptors not yet paused and UDP servers whose workers still read
+  // their sockets. The count of connections is final only at zero.
   std::atomic<std::size_t> listeners_serving{0};
   net::LastConnectionWatch last_connection;  // armed by the drain
   bool drain_finished = false;
@@ -240,21 +239,17 @@ void App::Impl::start_serving() {
     } else {
       std::vector<int> fds;
       for (auto& fd : open.fds) fds.push_back(fd.get());
+      std::unique_ptr<udp::DatagramServer> server;
       if (relays) {
-        auto server = std::make_unique<udp::RelayServer>(spec, std::move(fds), counters, loops, *resolver);
-        server->start();
-        udp_relays.push_back(std::move(server));
+        server = udp::make_relay_server(spec, std::move(fds), counters, loops, *resolver);
+      } else if (spec.handler == config::Handler::Mirror) {
+        server = udp::make_mirror_server(spec, std::move(fds), metrics, loops, resolver.get(), control);
       } else {
-        std::unique_ptr<udp::DatagramServer> server;
-        if (spec.handler == config::Handler::Mirror) {
-          server = udp::make_mirror_server(spec, std::move(fds), metrics, loops, resolver.get(), control);
-        } else {
-          server = udp::make_echo_server(spec, std::move(fds), counters, loops);
-        }
-        server->start();
-        udp_servers.push_back(std::move(server));
-        udp_server_listeners.push_back(&open);
+        server = udp::make_echo_server(spec, std::move(fds), counters, loops);
       }
+      server->start();
+      udp_servers.push_back(std::move(server));
+      udp_server_listeners.push_back(&open);
     }
   }
   pool.start();
@@ -267,7 +262,6 @@ void App::Impl::start_serving() {
 void App::Impl::stop_serving() {
   acceptors.clear();
   pool.stop();
-  udp_relays.clear();
   udp_servers.clear();
   relay_listeners.clear();
   resolver.reset();
@@ -412,10 +406,11 @@ void App::Impl::close_listening_sockets(bool successor_serves) {
       post_drain_check();
     });
   }
-  // The UDP echo's and mirror's workers serve, unless a successor reads on, what the
-  // sockets hold, then let go of them; only then may the sockets close (a worker may be
-  // in recvmmsg on one). A UDP relay's sessions still send replies from its sockets: those close
-  // at exit.
+  // The UDP servers' workers serve, unless a successor reads on, what the sockets hold,
+  // then let go of them; only then may our references close (a worker may be in recvmmsg
+  // on one). A UDP relay's sessions go on sending replies after that, from duplicates
+  // the relay keeps until it is destroyed, after the workers (see udp/udp_relay.hpp):
+  // the socket closes with them, at exit.
   for (std::size_t i = 0; i < udp_servers.size(); ++i) {
     udp_servers[i]->stop(!successor_serves, [this, open = udp_server_listeners[i]] {
       asio::post(control, [this, open] {
@@ -425,7 +420,6 @@ void App::Impl::close_listening_sockets(bool successor_serves) {
       });
     });
   }
-  for (auto& u : udp_relays) u->stop_reading();
   for (auto& open : listeners) {
     if (!open.spec->is_stream()) continue;
     open.fds.clear();

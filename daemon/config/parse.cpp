@@ -1051,15 +1051,12 @@ void Parser::validate(Config& config) {
               "a multicast listener has one socket: each of " + std::to_string(l.sockets) +
                   " sockets would receive (and answer) every datagram");
       }
-      if (meta.handler_ok && l.handler == Handler::Relay) {
-        for (std::string_view key : {"workers", "queue"}) {
-          if (meta.keys.count(key) != 0) {
-            error(at(key), prefix + "." + std::string(key),
-                  std::string(key) +
-                      " does not apply to a multicast relay: its reader sends every datagram to every "
-                      "upstream itself");
-          }
-        }
+      // `workers` fits: it says how many workers read the socket, each sending what it
+      // read. Nothing is handed between them, so there is no queue.
+      if (meta.handler_ok && l.handler == Handler::Relay && meta.keys.count("queue") != 0) {
+        error(at("queue"), prefix + ".queue",
+              "queue does not apply to a multicast relay: the worker that reads a datagram sends it to every "
+              "upstream itself");
       }
     }
 

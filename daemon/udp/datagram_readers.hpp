@@ -5,7 +5,7 @@
 // handler's `serve` on its own thread, at most kBatchesPerTurn batches before the
 // loop's other work. There is no queue of our own: datagrams wait in the socket's
 // receive buffer, and what the kernel drops there is read from SO_MEMINFO and counted
-// as received and dropped (queue_full). Used by the echo and the mirror.
+// as received and dropped (queue_full). Used by the echo, the mirror and the relay.
 #pragma once
 
 #include <netinet/in.h>

@@ -1,5 +1,5 @@
-// What App asks of a datagram listener's server (echo, mirror): start on the workers,
-// and let go of the sockets when the drain or a handover says so.
+// What App asks of a datagram listener's server (echo, mirror, relay): start on the
+// workers, and let go of the sockets when the drain or a handover says so.
 #pragma once
 
 #include <functional>
@@ -19,8 +19,9 @@ class DatagramServer {
   virtual void start() = 0;
   // Every worker lets go of the sockets on its own loop, after serving, when `sweep`,
   // what the sockets hold (bounded). `stopped` runs once, on the last worker's thread,
-  // when no loop touches the sockets any more: then they may close. Later calls do
-  // nothing.
+  // when no loop reads the sockets any more: then the caller may close its own (a
+  // server that still sends after, the relay's sessions, holds duplicates of its own).
+  // Any thread; never waits for a worker. Later calls do nothing.
   virtual void stop(bool sweep, std::function<void()> stopped) = 0;
 };
 

@@ -5,10 +5,11 @@
 // in the loop's LRU list, expiry and eviction, so finding a session takes no lock. A
 // batch read on one loop serves its own clients at once and copies the others into
 // their owners' bounded inboxes. A multicast listener fans out on the loop that read
-// the batch. Listener sockets are borrowed (never closed here); upstream sockets are
-// owned.
+// the batch. The listener's sockets are read and replied from through duplicates of
+// our own, closed after the last session; upstream sockets are owned.
 #include "udp/udp_relay.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -168,9 +169,25 @@ std::string header_for(const sockaddr_storage& client, socklen_t client_len, con
                                    reinterpret_cast<const sockaddr*>(&dst), dst_len, true);
 }
 
-}  // namespace
+// Duplicates of the listener's sockets, the relay's own: its sessions reply from them
+// after the caller's copies may have closed (see udp_relay.hpp).
+std::vector<net::Fd> duplicate(const std::vector<int>& sockets, const std::string& listener) {
+  std::vector<net::Fd> own;
+  for (int fd : sockets) {
+    own.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (!own.back()) throw std::system_error(errno, std::system_category(), "udp " + listener + ": dup");
+  }
+  return own;
+}
 
-struct RelayServer::Impl {
+std::vector<int> numbers(const std::vector<net::Fd>& fds) {
+  std::vector<int> out;
+  for (const auto& fd : fds) out.push_back(fd.get());
+  return out;
+}
+
+class RelayServer final : public DatagramServer {
+ public:
   struct Worker;
 
   // One client datagram as the session code sees it, wherever it was read.
@@ -206,21 +223,21 @@ struct RelayServer::Impl {
   //     |                 ^
   //     +--name pending--> Resolving --answer--> Open (held datagrams sent), or on a
   //                                              failed name: the next upstream
-  //   any --expiry / eviction / stop()--> finish() (the one exit)
+  //   any --expiry / eviction / the server's destruction--> finish() (the one exit)
   struct Session final : net::PollHandler {
     enum class Link { Idle, Resolving, Open };
-    Session(Impl& o, Worker& w) : owner(o), worker(w) {}
+    Session(RelayServer& o, Worker& w) : owner(o), worker(w) {}
 
     void on_ready(std::uint32_t) override { owner.relay_replies(worker, *this); }
     void on_deadline() override {}
-    // A Poller destroyed with the session still on it (stop() not called) unregisters
+    // A Poller destroyed with the session still on it (before the server) unregisters
     // until it has no member left.
     void abandon() override {
       worker.loop.poller->remove(upstream.get(), *this);
       registered = false;
     }
 
-    Impl& owner;
+    RelayServer& owner;
     Worker& worker;
     ClientKey key;
     std::uint64_t id = 0;
@@ -253,7 +270,7 @@ struct RelayServer::Impl {
   // turn (it is deferred, not added: it has no fd), so the replies of every session
   // ready in one batch leave with one sendmmsg.
   struct Flush final : net::PollHandler {
-    Flush(Impl& o, Worker& w) : owner(o), worker(w) {}
+    Flush(RelayServer& o, Worker& w) : owner(o), worker(w) {}
     void on_ready(std::uint32_t) override {
       due = false;
       owner.flush_replies(worker);
@@ -261,13 +278,13 @@ struct RelayServer::Impl {
     void on_deadline() override {}
     void abandon() override {}
 
-    Impl& owner;
+    RelayServer& owner;
     Worker& worker;
     bool due = false;  // deferred on the Poller
   };
 
   struct Worker {
-    Worker(Impl& owner, net::LoopRef l, std::size_t i, std::uint64_t seed)
+    Worker(RelayServer& owner, net::LoopRef l, std::size_t i, std::uint64_t seed)
         : loop(l), index(i), table(16, ClientKeyHash{seed}), expiry(*l.ctx), flush(owner, *this) {}
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
@@ -324,22 +341,22 @@ struct RelayServer::Impl {
     bool in_flight = false;
   };
 
-  Impl(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-       std::vector<net::LoopRef> loops, upstream::Resolver& resolver)
+  RelayServer(const config::Listener& listener, const std::vector<int>& sockets, obs::ListenerCounters& counters,
+              std::vector<net::LoopRef> loops, upstream::Resolver& resolver)
       : name_(listener.name),
         max_datagram_(std::max<std::uint32_t>(listener.max_datagram, 1)),
         fanout_(listener.protocol == config::Protocol::Multicast),
         proxy_v2_(listener.proxy_protocol == config::ProxyProtocol::V2),
         session_timeout_(listener.session_timeout),
         max_sessions_(listener.max_sessions != 0 ? listener.max_sessions : default_max_sessions()),
-        sockets_(sockets),
+        sockets_(duplicate(sockets, listener.name)),
         counters_(counters),
         pool_(listener.upstreams, listener.balance),
         resolver_(resolver),
         endpoints_(listener.upstreams),
         seed_(std::random_device{}()),
         refresh_(*loops.front().ctx),
-        readers_(listener, std::move(sockets), counters, loops, [this](ReceivedBatch& batch) { serve(batch); }) {
+        readers_(listener, numbers(sockets_), counters, loops, [this](ReceivedBatch& batch) { serve(batch); }) {
     if (listener.source_address) {
       auto sa = net::to_sockaddr(*listener.source_address);
       if (sa) source_address_ = *sa;
@@ -386,11 +403,26 @@ struct RelayServer::Impl {
     if (fanout_) open_fanout_sockets(listener);
   }
 
-  ~Impl() { stop(); }
+  // The loops have stopped (App), or go on: then each closes its part on its own thread,
+  // waited for. Reading has stopped first either way, so the inboxes are final.
+  ~RelayServer() override {
+    if (!started_) return;
+    stop(false, {});
+    // A loop that has stopped never runs its part of the stop; DatagramReaders'
+    // destructor does it.
+    if (loops_running()) reading_over_.wait();
+    on_every_loop([this](Worker& w) { close_loop(w); });
+    // What one loop posted to another before it closed (an eviction, an address) may
+    // still wait in the other's queue: it finds that loop closed and returns, and must
+    // have run before the state it points at goes.
+    on_every_loop([](Worker&) {});
+    spdlog::info("udp {}: stopped; sessions closed", name_);
+  }
 
-  void start() {
+  void start() override {
     started_ = true;
-    for (int fd : sockets_) {
+    for (const net::Fd& socket : sockets_) {
+      const int fd = socket.get();
       Local local;
       local.fd = fd;
       local.len = sizeof local.addr;
@@ -414,28 +446,17 @@ struct RelayServer::Impl {
     }
   }
 
-  void stop_reading() {
-    if (reading_stopped_) return;
-    reading_stopped_ = true;
-    if (!started_) return;
-    auto released = std::make_shared<std::promise<void>>();
-    auto done = released->get_future();
-    readers_.stop(false, [released] { released->set_value(); });
-    // A loop that has stopped never runs its part; DatagramReaders' destructor does it.
-    if (loops_running()) done.wait();
-  }
-
-  void stop() {
-    if (stopped_) return;
-    stopped_ = true;
-    if (!started_) return;
-    stop_reading();
-    on_every_loop([this](Worker& w) { close_loop(w); });
-    // What one loop posted to another before it closed (an eviction, an address) may
-    // still wait in the other's queue: it finds that loop closed and returns, and must
-    // have run before the state it points at goes.
-    on_every_loop([](Worker&) {});
-    spdlog::info("udp {}: stopped; sessions closed", name_);
+  // Only the reading stops: sessions keep their upstream sockets and relay replies from
+  // our duplicates of the listener's sockets until the destructor. A sweep forwards
+  // what the sockets hold as any datagram is forwarded (a new client gets a session;
+  // another worker's client goes to its inbox, served on that loop or at the latest by
+  // close_loop()), so what clients sent before a SIGTERM still reaches the upstreams, as
+  // the echo answers it; their replies come back while the process lives, not waited for.
+  void stop(bool sweep, std::function<void()> stopped) override {
+    readers_.stop(sweep, [over = reading_stopped_, stopped = std::move(stopped)] {
+      if (stopped) stopped();
+      over->set_value();
+    });
   }
 
  private:
@@ -465,7 +486,7 @@ struct RelayServer::Impl {
     for (auto& f : done) f.wait();
   }
 
-  // After stop_reading(): the inbox is final. What it holds is relayed, then every
+  // After the reading stopped: the inbox is final. What it holds is relayed, then every
   // session ends.
   void close_loop(Worker& w) {
     w.now = Clock::now();
@@ -1191,7 +1212,7 @@ struct RelayServer::Impl {
   const bool proxy_v2_;
   const config::Duration session_timeout_;
   const std::uint64_t max_sessions_;
-  const std::vector<int> sockets_;
+  const std::vector<net::Fd> sockets_;  // our duplicates; closed after the last session
   obs::ListenerCounters& counters_;
   upstream::UpstreamPool pool_;
   upstream::Resolver& resolver_;
@@ -1214,22 +1235,20 @@ struct RelayServer::Impl {
   Clock::time_point refresh_due_{};
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once the first loop closed
 
-  // The calling thread's (see RelayServer).
-  bool started_ = false;
-  bool reading_stopped_ = false;
-  bool stopped_ = false;
+  bool started_ = false;  // by start(), before the loops run
+  // Set by the last worker that let go of the sockets after stop() (its first call).
+  std::shared_ptr<std::promise<void>> reading_stopped_ = std::make_shared<std::promise<void>>();
+  std::future<void> reading_over_ = reading_stopped_->get_future();
   WarnGate warn_gate_;
   DatagramReaders readers_;  // last: destroyed first, so no batch is served on what went
 };
 
-RelayServer::RelayServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-                         std::vector<net::LoopRef> loops, upstream::Resolver& resolver)
-    : impl_(std::make_unique<Impl>(listener, std::move(sockets), counters, std::move(loops), resolver)) {}
+}  // namespace
 
-RelayServer::~RelayServer() = default;
-
-void RelayServer::start() { impl_->start(); }
-void RelayServer::stop_reading() { impl_->stop_reading(); }
-void RelayServer::stop() { impl_->stop(); }
+std::unique_ptr<DatagramServer> make_relay_server(const config::Listener& listener, std::vector<int> sockets,
+                                                  obs::ListenerCounters& counters, std::vector<net::LoopRef> loops,
+                                                  upstream::Resolver& resolver) {
+  return std::make_unique<RelayServer>(listener, sockets, counters, std::move(loops), resolver);
+}
 
 }  // namespace echorelay::udp

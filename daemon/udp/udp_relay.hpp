@@ -14,6 +14,7 @@
 #include "config/config.hpp"
 #include "net/poller.hpp"
 #include "obs/metrics.hpp"
+#include "udp/datagram_server.hpp"
 
 namespace echorelay::upstream {
 class Resolver;
@@ -21,37 +22,23 @@ class Resolver;
 
 namespace echorelay::udp {
 
-class RelayServer {
- public:
-  // `sockets`: bound, non-blocking datagram sockets of this listener; the caller keeps
-  // ownership (they may be handed to a successor, and sessions reply from them until
-  // stop()). `loops`: the daemon's workers; each socket is read by `workers` of them
-  // (0 = all), and every loop owns the sessions of its share of the clients.
-  // `resolver` outlives the server; its answers arrive on the first loop.
-  RelayServer(const config::Listener& listener, std::vector<int> sockets, obs::ListenerCounters& counters,
-              std::vector<net::LoopRef> loops, upstream::Resolver& resolver);
-  ~RelayServer();  // stop()
-  RelayServer(const RelayServer&) = delete;
-  RelayServer& operator=(const RelayServer&) = delete;
-
-  // Before the loops run (it registers with their pollers); throws std::system_error
-  // naming the listener when the kernel refuses.
-  void start();
-  // Stop taking datagrams off the listener sockets (they stay open for a successor);
-  // replies from upstreams of live sessions are still relayed until stop(). Returns
-  // once no loop reads them any more. Idempotent.
-  void stop_reading();
-  // stop_reading(), then every session closes (its summary line logged) and nothing of
-  // this server is left on the loops, whether they still run (done on each loop, waited
-  // for) or have stopped. Idempotent.
-  //
-  // start(), stop_reading() and stop() are called from one thread that is none of the
-  // loops', while the loops run or after they stopped.
-  void stop();
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
+// `sockets`: bound, non-blocking datagram sockets of this listener. The caller keeps
+// them (for a successor) and may close them once stop()'s `stopped` has run, like an
+// echo's: the server reads and replies through duplicates of its own (F_DUPFD_CLOEXEC,
+// made here; throws std::system_error naming the listener when the kernel refuses),
+// closed by its destructor after the last session, so no number a session still sends
+// on can be given to another socket meanwhile. `loops`: the daemon's workers; each
+// socket is read by `workers` of them (0 = all), and every loop owns the sessions of its
+// share of the clients. `resolver` outlives the server; its answers arrive on the first
+// loop.
+//
+// stop(sweep, stopped) ends the reading only (with `sweep`, what the sockets hold is
+// forwarded first, bounded, as the echo answers it): live sessions go on relaying their
+// upstreams' replies to their clients. The destructor ends every session (its summary
+// line logged) and leaves nothing on the loops: directly when they have stopped (App
+// destroys its servers after its worker pool), else done on each loop and waited for.
+std::unique_ptr<DatagramServer> make_relay_server(const config::Listener& listener, std::vector<int> sockets,
+                                                  obs::ListenerCounters& counters, std::vector<net::LoopRef> loops,
+                                                  upstream::Resolver& resolver);
 
 }  // namespace echorelay::udp

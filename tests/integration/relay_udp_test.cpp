@@ -1,12 +1,15 @@
 // UDP and multicast relay through the real daemon: one session (and upstream source
 // port) per client address, replies to the right client from the listener's address,
 // session_timeout expiry, max_sessions eviction of the oldest idle session, the PROXY v2
-// header on the first datagram of each session, and multicast fan-out to every upstream
-// (inside a network namespace of the test's own, so no multicast leaves the machine).
+// header on the first datagram of each session, replies relayed after SIGTERM stopped
+// the reading, and multicast fan-out to every upstream, each datagram once also when two
+// workers read the group's socket (inside a network namespace of the test's own, so no
+// multicast leaves the machine).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <net/if.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -152,6 +155,57 @@ TEST(RelayUdp, MaxSessionsEvictsTheOldestIdleSession) {
   EXPECT_TRUE(wait_metric(daemon.admin(), "echorelay_udp_sessions_active", L("u"), 2));
 }
 
+// SIGTERM stops the reading at once (without a successor, after forwarding what the
+// socket held), and the daemon drops its own reference to the socket then, as for an
+// echo; yet a session's upstream may still answer, and the reply reaches the client
+// from the listener's address for as long as the drain lasts (here a TCP request in
+// flight holds it open). The relay replies through a duplicate of its own.
+TEST(RelayUdp, SessionsStillRelayRepliesAfterSigtermStoppedTheReading) {
+  Fd upstream = udp_bind("127.0.0.1:0");
+  ASSERT_TRUE(upstream);
+  const std::string up = "127.0.0.1:" + std::to_string(local_port(upstream.get()));
+  Daemon daemon(R"([daemon]
+workers = 2
+drain_timeout = "10s"
+
+[[listener]]
+name = "u"
+protocol = "udp"
+address = "127.0.0.1:0"
+handler = "relay"
+upstreams = [")" + up + R"("]
+
+[[listener]]
+name = "t"
+protocol = "tcp"
+address = "127.0.0.1:0"
+)");
+  ASSERT_TRUE(daemon.start());
+  Fd client = udp_connect(daemon.address("u"));
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(udp_send(client.get(), "before"));
+  sockaddr_storage session{};
+  ASSERT_EQ(udp_recv(upstream.get(), kIoTimeout, &session), "before");
+
+  Fd tcp = connect_to(daemon.address("t"));
+  ASSERT_TRUE(tcp);
+  ASSERT_TRUE(send_all(tcp.get(), "ping\n"));
+  ASSERT_EQ(recv_exact(tcp.get(), 5), "ping\n");
+  ASSERT_TRUE(send_all(tcp.get(), "in flight"));  // the drain waits for its answer
+
+  ASSERT_TRUE(daemon.signal(SIGTERM));
+  ASSERT_TRUE(wait_until([&] { return daemon.log().find("udp u: stopped reading") != std::string::npos; }))
+      << daemon.log();
+  ASSERT_TRUE(udp_send(client.get(), "after the stop"));
+  EXPECT_FALSE(udp_recv(upstream.get(), 300ms).has_value()) << "the socket was read after the stop";
+  ASSERT_TRUE(udp_send_to(upstream.get(), format_inet(session), "reply after the stop"));
+  EXPECT_EQ(udp_recv(client.get()), "reply after the stop");
+
+  ASSERT_TRUE(send_all(tcp.get(), "\n"));
+  EXPECT_EQ(recv_exact(tcp.get(), 10), "in flight\n");
+  EXPECT_EQ(daemon.wait_exit(), 0);
+}
+
 TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
   DatagramUpstream upstream("127.0.0.1:0", /*echo=*/false);
   ASSERT_TRUE(upstream.ok());
@@ -199,18 +253,11 @@ TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
   return ::testing::AssertionSuccess();
 }
 
-TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
-  RelayNetNs ns;
-  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
-  std::mt19937 rng(static_cast<unsigned>(::getpid()));
-  const std::string group = "239.255." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
-  DatagramUpstream one("127.0.0.1:0", /*echo=*/true, ns.name());
-  DatagramUpstream two("127.0.0.1:0", /*echo=*/true, ns.name());
-  DatagramUpstream three("127.0.0.2:0", /*echo=*/true, ns.name());
-  ASSERT_TRUE(one.ok() && two.ok() && three.ok());
-  Daemon::Options options;
-  options.netns = ns.name();
-  Daemon daemon(R"([daemon]
+// Two daemon workers, a multicast relay "mc" on `group` (port 0, joined on lo) to
+// `upstreams`; `keys` are added to its table.
+std::string multicast_relay_config(const std::string& group, const std::vector<std::string>& upstreams,
+                                   const std::string& keys = "") {
+  return R"([daemon]
 workers = 2
 drain_timeout = "1s"
 
@@ -223,8 +270,21 @@ protocol = "multicast"
 address = ")" + group + R"(:0"
 interface = "lo"
 handler = "relay"
-upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\n",
-                options);
+upstreams = )" + toml_list(upstreams) + "\n" + keys;
+}
+
+TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()));
+  const std::string group = "239.255." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  DatagramUpstream one("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream two("127.0.0.1:0", /*echo=*/true, ns.name());
+  DatagramUpstream three("127.0.0.2:0", /*echo=*/true, ns.name());
+  ASSERT_TRUE(one.ok() && two.ok() && three.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(multicast_relay_config(group, {one.address(), two.address(), three.address()}), options);
   ASSERT_TRUE(daemon.start());
   const std::string group_address = daemon.address("mc");
   ASSERT_EQ(group_address.rfind(group + ":", 0), 0u) << group_address;
@@ -243,6 +303,50 @@ upstreams = )" + toml_list({one.address(), two.address(), three.address()}) + "\
   }
   // Replies from the upstreams (they echo) are ignored, never sent to the sender.
   EXPECT_FALSE(udp_recv(sender.get(), 500ms).has_value());
+}
+
+// `workers = 2`: both workers wait on the group's one socket (EPOLLEXCLUSIVE) and each
+// sends what it read to every upstream, so whichever worker reads a datagram, every
+// upstream gets it exactly once (a relay that joined the group once per worker would
+// send each twice).
+TEST(RelayUdp, MulticastRelayReadByTwoWorkersForwardsEveryDatagramOnce) {
+  RelayNetNs ns;
+  ASSERT_TRUE(ns.ok()) << "network namespace: " << ns.error();
+  std::mt19937 rng(static_cast<unsigned>(::getpid()) + 2);
+  const std::string group = "239.252." + std::to_string(rng() % 250 + 1) + "." + std::to_string(rng() % 250 + 1);
+  DatagramUpstream one("127.0.0.1:0", /*echo=*/false, ns.name());
+  DatagramUpstream two("127.0.0.1:0", /*echo=*/false, ns.name());
+  ASSERT_TRUE(one.ok() && two.ok());
+  Daemon::Options options;
+  options.netns = ns.name();
+  Daemon daemon(multicast_relay_config(group, {one.address(), two.address()}, "workers = 2\n"), options);
+  ASSERT_TRUE(daemon.start());
+  Fd sender = ns.run([] { return udp_bind("127.0.0.1:0"); });
+  ASSERT_TRUE(sender);
+  ASSERT_TRUE(confine_to_loopback(sender.get()));
+  constexpr std::size_t kRounds = 20;
+  constexpr std::size_t kPerRound = 25;
+  std::multiset<std::string> sent;
+  for (std::size_t r = 0; r < kRounds; ++r) {
+    for (std::size_t i = 0; i < kPerRound; ++i) {
+      const std::string payload = "datagram " + std::to_string(r * kPerRound + i);
+      ASSERT_TRUE(udp_send_to(sender.get(), daemon.address("mc"), payload));
+      sent.insert(payload);
+    }
+    // Paced by what arrived, so that no receive buffer on the way overflows.
+    ASSERT_TRUE(one.wait_for(sent.size())) << one.datagrams().size() << " of " << sent.size();
+    ASSERT_TRUE(two.wait_for(sent.size())) << two.datagrams().size() << " of " << sent.size();
+  }
+  const auto n = static_cast<double>(sent.size());
+  EXPECT_TRUE(wait_metric_in(ns.name(), daemon.admin(), "echorelay_requests_total", L("mc"), 2 * n));
+  EXPECT_EQ(metric_in(ns.name(), daemon.admin(), "echorelay_datagrams_received_total", L("mc")), n);
+  // A second copy of any of them would arrive now.
+  EXPECT_FALSE(one.wait_for(sent.size() + 1, 300ms));
+  for (const auto* u : {&one, &two}) {
+    std::multiset<std::string> got;
+    for (const auto& d : u->datagrams()) got.insert(d.data);
+    EXPECT_EQ(got, sent) << u->address();
+  }
 }
 
 // A group member on lo that reports each datagram's IP TTL (IP_RECVTTL).

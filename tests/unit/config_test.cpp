@@ -577,9 +577,9 @@ max_sessions = -1
 }
 
 // Keys the handler would ignore on this kind of listener are refused, not accepted and
-// dropped: dialing keys on a UDP relay, sessions and a pool on a multicast relay (it
-// fans out from its reader), extra sockets on a group, splice without TCP, and a
-// keepalive the kernel would truncate to whole seconds.
+// dropped: dialing keys on a UDP relay, sessions, a pool and a hand-off queue on a
+// multicast relay (it fans out from the worker that read), extra sockets on a group,
+// splice without TCP, and a keepalive the kernel would truncate to whole seconds.
 TEST(Config, KeysAHandlerWouldIgnoreAreRefused) {
   EXPECT_EQ(diagnostics(R"([[listener]]
 name = "u"
@@ -599,7 +599,6 @@ upstreams = ["10.0.0.1:9"]
 balance = "random"
 session_timeout = "10s"
 max_sessions = 10
-workers = 2
 queue = 64
 sockets = 2
 [[listener]]
@@ -630,14 +629,29 @@ connect_timeout = "0s"
                 R"(t.toml:16:1: listener["m"].balance: balance does not apply to protocol = "multicast")",
                 R"(t.toml:17:1: listener["m"].session_timeout: session_timeout does not apply to protocol = "multicast")",
                 R"(t.toml:18:1: listener["m"].max_sessions: max_sessions does not apply to protocol = "multicast")",
-                R"(t.toml:19:11: listener["m"].workers: workers does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
-                R"(t.toml:20:9: listener["m"].queue: queue does not apply to a multicast relay: its reader sends every datagram to every upstream itself)",
-                R"(t.toml:21:11: listener["m"].sockets: a multicast listener has one socket: each of 2 sockets would receive (and answer) every datagram)",
-                R"(t.toml:28:1: listener["x"].splice: splice does not apply to protocol = "unix")",
-                R"(t.toml:33:13: listener["t"].keepalive: keepalive is set in whole seconds ("0s" is off))",
-                R"(t.toml:40:22: listener["r"].upstream_keepalive: keepalive is set in whole seconds ("0s" is off))",
-                R"(t.toml:41:19: listener["r"].connect_timeout: must be longer than 0s)",
+                R"(t.toml:19:9: listener["m"].queue: queue does not apply to a multicast relay: the worker that reads a datagram sends it to every upstream itself)",
+                R"(t.toml:20:11: listener["m"].sockets: a multicast listener has one socket: each of 2 sockets would receive (and answer) every datagram)",
+                R"(t.toml:27:1: listener["x"].splice: splice does not apply to protocol = "unix")",
+                R"(t.toml:32:13: listener["t"].keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:39:22: listener["r"].upstream_keepalive: keepalive is set in whole seconds ("0s" is off))",
+                R"(t.toml:40:19: listener["r"].connect_timeout: must be longer than 0s)",
             }));
+}
+
+// A multicast relay's `workers` is how many of the daemon's workers read its socket,
+// each fanning out what it read, as for a udp relay, an echo or a mirror.
+TEST(Config, MulticastRelayTakesWorkers) {
+  Config c = valid(R"([[listener]]
+name = "m"
+protocol = "multicast"
+address = "239.1.1.1:9"
+handler = "relay"
+upstreams = ["10.0.0.1:9"]
+workers = 2
+)");
+  ASSERT_EQ(c.listeners.size(), 1U);
+  EXPECT_EQ(c.listeners[0].handler, Handler::Relay);
+  EXPECT_EQ(c.listeners[0].workers, 2U);
 }
 
 TEST(Config, RelayKeysAreReadIntoTheListener) {

@@ -1,7 +1,8 @@
-// RelayServer driven over real loopback sockets on loops of the test's own: the test
-// binds the listener socket and plays the upstreams itself (plain UDP sockets it reads with recvfrom and answers by
-// hand), so every assertion is on bytes, ports and counters. Multicast never leaves
-// the host: the sender pins IP_MULTICAST_IF to 127.0.0.1 with TTL 0.
+// The UDP relay (make_relay_server) driven over real loopback sockets on loops of the
+// test's own: the test binds the listener socket and plays the upstreams itself (plain
+// UDP sockets it reads with recvfrom and answers by hand), so every assertion is on
+// bytes, ports and counters. Multicast never leaves the host: the sender pins
+// IP_MULTICAST_IF to 127.0.0.1 with TTL 0.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -61,6 +62,16 @@ std::uint64_t upstream_errors(const obs::ListenerCounters& c, obs::UpstreamError
   return c.upstream_errors[static_cast<unsigned>(e)].load();
 }
 
+// stop() as App calls it: `stopped` comes from a worker; true once it ran.
+::testing::AssertionResult stop_reading(DatagramServer& relay, bool sweep = false) {
+  auto done = std::make_shared<std::promise<void>>();
+  relay.stop(sweep, [done] { done->set_value(); });
+  if (done->get_future().wait_for(kIoTimeout) != std::future_status::ready) {
+    return ::testing::AssertionFailure() << "stopped did not run";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // The Resolver every test passes; only the named-upstream test makes it work.
 upstream::Resolver& resolver() {
   static upstream::Resolver r{config::Resolver{}};
@@ -80,13 +91,9 @@ struct Rig {
     to = local_address(server.get());
     // As many daemon workers as the listener asks to read its socket.
     loops = std::make_unique<Loops>(std::max(1U, listener.workers));
-    relay = std::make_unique<RelayServer>(listener, std::vector<int>{server.get()}, counters, loops->refs(),
-                                          resolver());
+    relay = make_relay_server(listener, {server.get()}, counters, loops->refs(), resolver());
     relay->start();
     loops->run();
-  }
-  ~Rig() {
-    if (relay) relay->stop();
   }
 
   std::vector<Fd> upstreams;
@@ -96,7 +103,7 @@ struct Rig {
   Address to;
   obs::ListenerCounters counters{"udp-relay-test"};
   std::unique_ptr<Loops> loops;
-  std::unique_ptr<RelayServer> relay;
+  std::unique_ptr<DatagramServer> relay;  // last: destroyed (its sessions closed) while the loops run
 };
 
 TEST(UdpRelay, RelaysDatagramsAndRepliesComeBackFromTheListenerAddress) {
@@ -133,7 +140,7 @@ TEST(UdpRelay, RelaysDatagramsAndRepliesComeBackFromTheListenerAddress) {
   EXPECT_EQ(rig.counters.upstream_bytes_received.load(), total + 3 * payloads.size());
   EXPECT_EQ(rig.counters.bytes_sent.load(), total + 3 * payloads.size());
   EXPECT_EQ(rig.counters.udp_sessions_active.load(), 1);
-  rig.relay->stop();
+  rig.relay.reset();
   EXPECT_EQ(rig.counters.udp_sessions_active.load(), 0);
   EXPECT_EQ(rig.counters.udp_sessions_expired.load(), 0U);
 }
@@ -269,8 +276,8 @@ TEST(UdpRelay, HandOverToAnotherWorkerIsBoundedByTheQueue) {
   Fd server = bound_socket("127.0.0.1");
   obs::ListenerCounters counters("udp-relay-test");
   Loops loops(2);
-  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   std::promise<void> release;
@@ -305,7 +312,6 @@ TEST(UdpRelay, HandOverToAnotherWorkerIsBoundedByTheQueue) {
   EXPECT_EQ(dropped(counters, Drop::QueueFull), full);
   EXPECT_EQ(counters.udp_sessions_active.load(),
             static_cast<decltype(counters.udp_sessions_active.load())>(kClients - full));
-  relay.stop();
 }
 
 TEST(UdpRelay, RoundRobinSpreadsSessionsOverUpstreams) {
@@ -370,8 +376,8 @@ TEST(UdpRelay, WildcardListenerRepliesFromTheAddressTheClientSentTo) {
   Fd server = bound_socket("0.0.0.0");
   obs::ListenerCounters counters("udp-relay-test");
   Loops loops(1);
-  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   // 127.0.0.2 is local on lo but not the address the kernel would pick as a source.
@@ -385,7 +391,6 @@ TEST(UdpRelay, WildcardListenerRepliesFromTheAddressTheClientSentTo) {
   EXPECT_EQ(receive(client.get(), kIoTimeout, &from), "back");
   EXPECT_EQ(from.ip(), "127.0.0.2");
   EXPECT_EQ(from.port(), to.port());
-  relay.stop();
 }
 
 TEST(UdpRelay, RelaysIpv6ClientsToAnIpv4Upstream) {
@@ -393,9 +398,9 @@ TEST(UdpRelay, RelaysIpv6ClientsToAnIpv4Upstream) {
   Fd server = bound_socket("::1");
   obs::ListenerCounters counters("udp-relay-test");
   Loops loops(1);
-  RelayServer relay(relay_listener({endpoint_of(local_address(up.get()))}), {server.get()}, counters, loops.refs(),
-                    resolver());
-  relay.start();
+  auto relay = make_relay_server(relay_listener({endpoint_of(local_address(up.get()))}), {server.get()}, counters,
+                                 loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   Fd client = bound_socket("::1");
@@ -408,7 +413,6 @@ TEST(UdpRelay, RelaysIpv6ClientsToAnIpv4Upstream) {
   EXPECT_EQ(receive(client.get(), kIoTimeout, &from), "four");
   EXPECT_EQ(from.ip(), "::1");
   EXPECT_EQ(from.port(), local_address(server.get()).port());
-  relay.stop();
 }
 
 TEST(UdpRelay, RefusedUpstreamIsMarkedFailedAndTheNextDatagramPicksAnother) {
@@ -424,8 +428,8 @@ TEST(UdpRelay, RefusedUpstreamIsMarkedFailedAndTheNextDatagramPicksAnother) {
   // Round-robin starts at the first upstream: the dead one.
   const auto listener = relay_listener({endpoint_of(dead), endpoint_of(local_address(alive.get()))});
   Loops loops(1);
-  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   Fd client = bound_socket("127.0.0.1");
@@ -439,7 +443,6 @@ TEST(UdpRelay, RefusedUpstreamIsMarkedFailedAndTheNextDatagramPicksAnother) {
   send_to(alive.get(), "reply", from);
   EXPECT_EQ(receive(client.get()), "reply");
   EXPECT_EQ(counters.udp_sessions_active.load(), 1) << "the session survived the failover";
-  relay.stop();
 }
 
 TEST(UdpRelay, AppliesDeniedPortsAndMaxDatagram) {
@@ -452,45 +455,93 @@ TEST(UdpRelay, AppliesDeniedPortsAndMaxDatagram) {
   ASSERT_TRUE(wait_until([&] { return rig.counters.requests.load() == 1; }));
   EXPECT_EQ(dropped(rig.counters, Drop::Truncated), 1U);
 
-  rig.relay->stop();
+  rig.relay.reset();
   Fd denied = bound_socket("127.0.0.1");
   auto l = rig.listener;
   l.deny_source_ports = {local_address(denied.get()).port()};
   obs::ListenerCounters counters("udp-relay-test");
   Loops loops(1);
-  RelayServer relay(l, {rig.server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(l, {rig.server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
   send_to(denied.get(), "no", rig.to);
   ASSERT_TRUE(wait_until([&] { return dropped(counters, Drop::DeniedPort) == 1; }));
   EXPECT_EQ(counters.refused[static_cast<unsigned>(obs::Refuse::DeniedPort)].load(), 1U);
   EXPECT_FALSE(receive(rig.upstreams[0].get(), kQuiet));
   EXPECT_EQ(counters.udp_sessions_active.load(), 0);
-  relay.stop();
 }
 
-TEST(UdpRelay, StopReadingLeavesTheSocketOpenWhileSessionsStillRelayReplies) {
+TEST(UdpRelay, StopEndsTheReadingAndSessionsStillReplyAfterTheCallerClosedItsSocket) {
   Rig rig;
   Fd client = bound_socket("127.0.0.1");
   send_to(client.get(), "before", rig.to);
   Address session;
   ASSERT_EQ(receive(rig.upstreams[0].get(), kIoTimeout, &session), "before");
 
-  rig.relay->stop_reading();
-  rig.relay->stop_reading();  // idempotent
+  ASSERT_TRUE(stop_reading(*rig.relay));
+  rig.relay->stop(false, [] { ADD_FAILURE() << "a second stop() ran its callback"; });  // idempotent
   send_to(client.get(), "after", rig.to);
   EXPECT_FALSE(receive(rig.upstreams[0].get(), kQuiet)) << "nothing is taken off the socket";
   // The socket is open and still holds the datagram, for a successor to read.
-  EXPECT_NE(fcntl(rig.server.get(), F_GETFD), -1);
+  EXPECT_NE(fcntl(rig.server.get(), F_GETFD), -1) << "the relay closed a socket it does not own";
   EXPECT_EQ(receive(rig.server.get(), kIoTimeout), "after");
 
+  // App closes its reference once `stopped` ran; a socket opened next may get its number.
+  const int number = rig.server.get();
+  rig.server.reset();
+  Fd other = bound_socket("127.0.0.1");
   send_to(rig.upstreams[0].get(), "reply", session);
-  EXPECT_EQ(receive(client.get()), "reply");
+  Address from;
+  EXPECT_EQ(receive(client.get(), kIoTimeout, &from), "reply");
+  EXPECT_EQ(from.port(), rig.to.port()) << "the reply left from fd " << number << ", now another socket's";
 
-  rig.relay->stop();
+  rig.relay.reset();
   EXPECT_EQ(rig.counters.udp_sessions_active.load(), 0);
   send_to(rig.upstreams[0].get(), "too late", session);
   EXPECT_FALSE(receive(client.get(), kQuiet));
+  // The relay's own reference went with it: the address is free again.
+  Fd again = bound_socket("127.0.0.1", rig.to.port());
+  EXPECT_TRUE(again.valid());
+}
+
+// SIGTERM: what the socket holds when the reading stops is forwarded before `stopped`
+// runs, as the echo answers it, once each. Two readers, and clients of both workers:
+// what a reader takes for the other worker waits in that worker's inbox, which `queue`
+// bounds during a sweep as at any time (here it holds the whole burst).
+TEST(UdpRelay, StopWithSweepForwardsWhatTheSocketHolds) {
+  Fd up = bound_socket("127.0.0.1");
+  Fd server = bound_socket("127.0.0.1");
+  constexpr int kClients = 10;
+  constexpr int kEach = 30;
+  std::vector<Fd> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.push_back(bound_socket("127.0.0.1"));
+    for (int i = 0; i < kEach; ++i) {
+      send_to(clients.back().get(), std::to_string(c) + "." + std::to_string(i), local_address(server.get()));
+    }
+  }
+  obs::ListenerCounters counters("udp-relay-test");
+  Loops loops(2);
+  auto listener = relay_listener({endpoint_of(local_address(up.get()))}, 2);
+  listener.queue = 2 * kClients * kEach;
+  auto relay = make_relay_server(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
+  // Asked before the loops run: their first turn may be the sweep itself.
+  auto done = std::make_shared<std::promise<void>>();
+  relay->stop(true, [done] { done->set_value(); });
+  loops.run();
+  ASSERT_EQ(done->get_future().wait_for(kIoTimeout), std::future_status::ready);
+  EXPECT_EQ(counters.datagrams_received.load(), static_cast<std::uint64_t>(kClients * kEach));
+  EXPECT_FALSE(receive(server.get(), 0ms)) << "the socket was not swept";
+  std::set<std::string> relayed;
+  while (relayed.size() < kClients * kEach) {
+    const auto got = receive(up.get());
+    ASSERT_TRUE(got) << relayed.size() << " relayed, " << dropped(counters, Drop::QueueFull) << " queue_full";
+    EXPECT_TRUE(relayed.insert(*got).second) << "twice: " << *got;
+  }
+  EXPECT_FALSE(receive(up.get(), kQuiet));
+  EXPECT_EQ(counters.requests.load(), static_cast<std::uint64_t>(kClients * kEach));
+  EXPECT_EQ(counters.udp_sessions_active.load(), kClients);
 }
 
 TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
@@ -511,8 +562,8 @@ TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
 
   obs::ListenerCounters counters("mcast-relay-test");
   Loops loops(1);
-  RelayServer relay(listener, {server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(listener, {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   Fd sender = loopback_multicast_sender();
@@ -533,7 +584,6 @@ TEST(UdpRelay, MulticastListenerFansOutToEveryUpstreamAndIgnoresReplies) {
   EXPECT_EQ(counters.upstream_bytes_sent.load(), 12U);
   EXPECT_EQ(counters.datagrams_sent.load(), 0U);
   EXPECT_EQ(counters.udp_sessions_active.load(), 0);
-  relay.stop();
 }
 
 // Binds 127.0.0.1:P and [::1]:P for one port P, so an upstream named "localhost" is
@@ -559,8 +609,8 @@ TEST(UdpRelay, RelaysToAnUpstreamGivenByName) {
   obs::ListenerCounters counters("udp-relay-test");
   Fd server = bound_socket("127.0.0.1");
   Loops loops(1);
-  RelayServer relay(relay_listener({named}), {server.get()}, counters, loops.refs(), resolver());
-  relay.start();
+  auto relay = make_relay_server(relay_listener({named}), {server.get()}, counters, loops.refs(), resolver());
+  relay->start();
   loops.run();
 
   Fd client = bound_socket("127.0.0.1");
@@ -572,7 +622,6 @@ TEST(UdpRelay, RelaysToAnUpstreamGivenByName) {
   EXPECT_EQ(receive(up, kIoTimeout, &from), "by-name");
   send_to(up, "answer", from);
   EXPECT_EQ(receive(client.get()), "answer");
-  relay.stop();
 }
 
 TEST(UdpRelay, SessionCountersAreRenderedForPrometheus) {
