@@ -81,7 +81,7 @@ TEST(Drain, SigtermAnswersTheRequestInFlightClosesIdleWithFinAndTheRestAtTheDead
                                     from, 0ms))
       << svc.notify().dump();
 
-  EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(5000ms), std::optional<int>(0));
   // Gone, and the fd store (kept by this test) flushed: nothing holds the socket now.
   svc.notify().release_fds();
   int err = 0;
@@ -109,7 +109,7 @@ TEST(Drain, SecondSigtermEndsTheDrainAtOnce) {
   // ...until the operator insists.
   const auto t0 = Clock::now();
   ASSERT_TRUE(svc.signal(SIGTERM));
-  EXPECT_EQ(svc.wait_first_exit(3000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(3000ms), std::optional<int>(0));
   EXPECT_LE(Clock::now() - t0, 2000ms);
   EXPECT_TRUE(expect_closed(stuck.get(), 1000ms));
 }

@@ -12,10 +12,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,8 +25,6 @@
 #include <map>
 #include <random>
 #include <sstream>
-
-extern char** environ;
 
 namespace echorelay::test {
 
@@ -80,8 +76,6 @@ bool stream_sockaddr(const std::string& address, sockaddr_storage* ss, socklen_t
   *ss = parse_inet(address, len);
   return *len != 0;
 }
-
-int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
 }  // namespace
 
@@ -181,35 +175,11 @@ double metric_in(const std::string& netns, const std::string& admin, std::string
 
 ::testing::AssertionResult ChildProcess::start(const std::vector<std::string>& argv, const std::string& log_path,
                                                const std::string& netns) {
-  std::vector<std::string> args = argv;
-  std::vector<char*> argp;
-  for (auto& a : args) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  Fd out(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  Fd ns;
-  if (!netns.empty()) ns.reset(::open(("/var/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!out || !null || (!netns.empty() && !ns))
-    return ::testing::AssertionFailure() << "open for spawn: " << std::strerror(errno);
-  pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) return ::testing::AssertionFailure() << "fork: " << std::strerror(errno);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    if (ns && ::setns(ns.get(), CLONE_NEWNET) != 0) ::_exit(126);
-    ::dup2(null.get(), 0);
-    ::dup2(out.get(), 1);
-    ::dup2(out.get(), 2);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execve(argp[0], argp.data(), environ);
-    ::_exit(127);
-  }
-  pid_ = pid;
+  Spawned child = spawn_process(argv, {}, log_path, netns);
+  if (child.pid < 0) return ::testing::AssertionFailure() << "spawn " << argv.front() << ": " << std::strerror(child.error);
+  pid_ = child.pid;
   reaped_ = false;
-  pidfd_.reset(pidfd_open(pid));
+  pidfd_ = std::move(child.pidfd);
   return ::testing::AssertionSuccess();
 }
 

@@ -380,7 +380,7 @@ TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure)
   ASSERT_TRUE(svc.signal(SIGTERM));
   EXPECT_TRUE(expect_closed(idle.get())) << "the idle connection is drained";
   idle.reset();
-  EXPECT_EQ(svc.wait_first_exit(3000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(3000ms), std::optional<int>(0));
   EXPECT_LT(Clock::now() - t0, 2500ms) << "waited for the successor instead of stopping it";
   EXPECT_TRUE(wait_gone(successor, 1000ms).gone) << "successor left running";
   expect_stop_wins(svc.notify(), from, pid, successor);
@@ -442,7 +442,7 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
     EXPECT_TRUE(expect_closed(busy.get()));
     busy.reset();
 
-    EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+    EXPECT_EQ(svc.wait_exit(6000ms), std::optional<int>(0));
     EXPECT_TRUE(logged("stop requested before this successor was ready")) << svc.log();
     EXPECT_NE(svc.log().find("hot restart abandoned: successor exited with status 0"), std::string::npos)
         << svc.log();
@@ -527,7 +527,7 @@ TEST(RestartAbort, SigtermBeforeReadyStopsWithoutReportingReady) {
     if (!in_window && attempt < 5) continue;
     ASSERT_TRUE(in_window) << "the process was ready before it could be stopped, 5 times";
     EXPECT_FALSE(started) << "reported ready after SIGTERM";
-    EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
+    EXPECT_EQ(svc.wait_exit(5000ms), std::optional<int>(0));
     EXPECT_TRUE(svc.notify().wait_line("STOPPING=1", 0, 0ms)) << svc.notify().dump();
     EXPECT_FALSE(svc.notify().wait_line("READY=1", 0, 0ms)) << svc.notify().dump();
     EXPECT_FALSE(exists(unix_path)) << "socket file left behind";
@@ -555,7 +555,7 @@ TEST(PidFile, FollowsTheMainProcessAcrossAHotRestartAndGoesWithTheLast) {
   auto r = svc.hot_restart(10000ms);
   ASSERT_TRUE(r.ok) << r.status;
   EXPECT_EQ(pid_in_file(), std::to_string(r.pid));
-  EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(6000ms), std::optional<int>(0));
   EXPECT_EQ(pid_in_file(), std::to_string(r.pid)) << "the old process removed or rewrote its successor's pid file";
   ASSERT_TRUE(svc.signal(SIGTERM));
   EXPECT_TRUE(svc.wait_main_exit(6000ms).gone);

@@ -192,7 +192,7 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
   // A client closes on EOF; the old process then need not linger for our FIN.
   tcp.reset();
   unix_client.reset();
-  EXPECT_EQ(svc->wait_first_exit(10000ms), std::optional<int>(0));
+  EXPECT_EQ(svc->wait_exit(10000ms), std::optional<int>(0));
   // A watchdog tick already due when the successor's ready line arrived may still pet
   // once; after the old process took in the handover it says nothing more.
   int late_pets = 0;

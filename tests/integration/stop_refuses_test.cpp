@@ -97,7 +97,7 @@ TEST(StopRefuses, SigtermRefusesNewConnectionsAndDatagramsAtOnceWhileTheRequestI
   RecvAll end = recv_until_eof(in_flight.get(), 3000ms);
   EXPECT_TRUE(end.eof) << std::strerror(end.error);
   in_flight.reset();
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0)) << svc.log();
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0)) << svc.log();
 }
 
 TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswered) {
@@ -118,7 +118,7 @@ TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswere
   EXPECT_EQ(recv_exact(early.get(), 14, 3000ms), "first request\n") << svc.log();
   RecvAll end = recv_until_eof(early.get(), 3000ms);
   EXPECT_TRUE(end.eof) << "closed right behind its answer; errno " << end.error;
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0));
 }
 
 TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswered) {
@@ -158,7 +158,7 @@ TEST(StopRefuses, DatagramsQueuedWhenTheDrainBeginsAreAnsweredBeforeTheSocketClo
     if (d->starts_with("queued ")) ++answered;
   }
   EXPECT_EQ(answered, kQueued) << "datagrams queued before the stop were thrown away";
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0));
 }
 
 // What systemd does with a socket unit or the fd store: it keeps the listening socket
@@ -192,10 +192,10 @@ TEST(StopRefuses, WhenAnotherHolderKeepsTheSocketConnectionsDuringTheDrainWaitFo
   ASSERT_TRUE(send_all(in_flight.get(), "done\n"));
   EXPECT_EQ(recv_exact(in_flight.get(), 10, 3000ms), "half done\n");
   in_flight.reset();
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0)) << svc.log();
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0)) << svc.log();
 
   // The next instance, started with the held socket as systemd would.
-  NotifySocket notify(scratch.file("notify2"));
+  NotifySocket notify(scratch.file("notify2"), /*keep_fds=*/true);
   TempDir dir;
   write_file(dir.file("next.toml"), R"(
 [[listener]]
