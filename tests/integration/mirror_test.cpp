@@ -579,7 +579,7 @@ TEST(FaultMirror, BlackholedAndClosedCollectorsDoNotSlowTheOneThatReads) {
 // arrives.
 TEST(FaultMirror, SlowLinkBackPressureIsCountedAsUpstreamBusy) {
   VethNamespaces ns;
-  REQUIRE_VETH_NAMESPACES(ns);
+  REQUIRE_NETNS(ns);
   ASSERT_TRUE(ns.shape("8mbit", "16mb"));
   const std::string d = ns.daemon_side();
   Collector fast("127.0.0.1:0", kBigBuffer, true, d);
@@ -694,7 +694,7 @@ TEST(MirrorStorm, HotRestartsDuringAStreamLoseNoDatagram) {
 // from the exporter's address and port, payload intact; without it, from the daemon.
 void preserve_source_case(bool preserve) {
   VethNamespaces ns;
-  REQUIRE_VETH_NAMESPACES(ns);
+  REQUIRE_NETNS(ns);
   const std::string d = ns.daemon_side();
   Collector col(std::string(VethNamespaces::kDaemonIp) + ":0", kBigBuffer, true, d);
   ASSERT_TRUE(col.ok());

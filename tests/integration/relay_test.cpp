@@ -685,7 +685,6 @@ TEST(Relay, ThousandConcurrentConnectionsEachEchoALine) {
 // ---- unanswered connects (network namespace) ----
 
 // Skips nothing: a machine without netns support fails these tests with the reason.
-#define REQUIRE_NETNS(ns) ASSERT_TRUE((ns).ok()) << "network namespace: " << (ns).error()
 
 // Confirms that a connect to `address` from inside the namespace hangs (no answer)
 // rather than failing fast, which is what these tests rely on.
