@@ -45,7 +45,7 @@ TEST(Drain, SigtermAnswersTheRequestInFlightClosesIdleWithFinAndTheRestAtTheDead
   ASSERT_TRUE(send_all(half.get(), "half a "));
   ASSERT_TRUE(send_all(stuck.get(), "never finished"));
   // Both partial requests must have reached the daemon before the signal.
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(wait_until([&] { return read_by_peer(half.get()) && read_by_peer(stuck.get()); }));
 
   const std::size_t from = svc.notify().size();
   const auto t0 = Clock::now();
@@ -99,11 +99,11 @@ TEST(Drain, SecondSigtermEndsTheDrainAtOnce) {
   ASSERT_TRUE(stuck);
   ASSERT_TRUE(echo_line(stuck.get(), "warm up\n"));
   ASSERT_TRUE(send_all(stuck.get(), "never finished"));
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(wait_until([&] { return read_by_peer(stuck.get()); }));
 
   ASSERT_TRUE(svc.signal(SIGTERM));
   ASSERT_TRUE(svc.notify().wait_line("STOPPING=1", 0, 3000ms));
-  // The drain waits for the unfinished request...
+  // The drain waits for the unfinished request (watched for 300 ms)...
   std::this_thread::sleep_for(300ms);
   EXPECT_TRUE(is_open_and_quiet(stuck.get()));
   // ...until the operator insists.

@@ -13,7 +13,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -74,16 +76,25 @@ bool manager_variable(std::string_view entry) {
   return false;
 }
 
-// /proc/PID/stat, or "" when the process is gone. Plain read(2): a process that exits
+// A /proc stat file, or "" when the process is gone. Plain read(2): a process that exits
 // between open and read makes the read fail with ESRCH, which an istreambuf_iterator
 // would turn into an exception.
-std::string proc_stat(pid_t pid) {
-  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+std::string read_stat(const std::string& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return "";
   char buf[1024];
   const ssize_t n = ::read(fd.get(), buf, sizeof buf);
   return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+std::string proc_stat(pid_t pid) { return read_stat("/proc/" + std::to_string(pid) + "/stat"); }
+
+// The state letter of a stat line "pid (comm) S ppid ...": comm may hold spaces and
+// parentheses, so it follows the last ')'. 0 when there is none.
+char state_of(const std::string& stat) {
+  auto close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
+  return stat[close + 2];
 }
 
 // The test process is a child subreaper while any Daemon lives (counted, so daemons
@@ -277,13 +288,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout) 
 
 // ---- processes ----
 
-char process_state(pid_t pid) {
-  const std::string text = proc_stat(pid);
-  // "pid (comm) S ppid ...": comm may hold spaces and parentheses, so find the last ')'.
-  auto close = text.rfind(')');
-  if (close == std::string::npos || close + 2 >= text.size()) return 0;
-  return text[close + 2];
-}
+char process_state(pid_t pid) { return state_of(proc_stat(pid)); }
 
 pid_t parent_of(pid_t pid) {
   const std::string text = proc_stat(pid);
@@ -980,6 +985,43 @@ bool is_open_and_quiet(int fd) {
   return ::poll(&p, 1, 0) == 0;
 }
 
+bool read_by_peer(int fd) {
+  int unsent = 0;
+  if (::ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return false;
+  sockaddr_storage ours{}, theirs{};
+  socklen_t ours_len = sizeof ours, theirs_len = sizeof theirs;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ours), &ours_len) != 0 ||
+      ::getpeername(fd, reinterpret_cast<sockaddr*>(&theirs), &theirs_len) != 0)
+    return false;
+  // As /proc/net/tcp prints an address: the 32-bit words of the address bytes as
+  // integers ("%08X" each), then the port ("%04X").
+  auto text = [](const sockaddr_storage& a) {
+    char out[64];
+    if (a.ss_family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+      std::snprintf(out, sizeof out, "%08X:%04X", in->sin_addr.s_addr, ntohs(in->sin_port));
+    } else {
+      const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a);
+      std::uint32_t w[4];
+      std::memcpy(w, &in6->sin6_addr, sizeof w);
+      std::snprintf(out, sizeof out, "%08X%08X%08X%08X:%04X", w[0], w[1], w[2], w[3], ntohs(in6->sin6_port));
+    }
+    return std::string(out);
+  };
+  const std::string local = text(theirs), remote = text(ours);  // as the peer's socket sees them
+  std::istringstream table(read_file(ours.ss_family == AF_INET ? "/proc/thread-self/net/tcp"
+                                                                  : "/proc/thread-self/net/tcp6"));
+  std::string line;
+  while (std::getline(table, line)) {
+    std::istringstream fields(line);
+    std::string slot, l, r, state, queues;
+    if (!(fields >> slot >> l >> r >> state >> queues) || l != local || r != remote) continue;
+    auto colon = queues.find(':');
+    return colon != std::string::npos && std::strtoul(queues.c_str() + colon + 1, nullptr, 16) == 0;
+  }
+  return false;
+}
+
 ::testing::AssertionResult echo_line(int fd, std::string_view line, Millis timeout) {
   if (auto r = send_all(fd, line, timeout); !r) return r;
   std::string got = recv_exact(fd, line.size(), timeout);
@@ -1159,6 +1201,40 @@ std::size_t open_fds(pid_t pid) {
   }
   ::closedir(d);
   return n;
+}
+
+bool holds_socket(pid_t pid, int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return false;
+  const std::string target = "socket:[" + std::to_string(st.st_ino) + "]";
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char link[64];
+    const ssize_t n = ::readlink((dir + "/" + e->d_name).c_str(), link, sizeof link);
+    if (n > 0 && std::string_view(link, static_cast<std::size_t>(n)) == target) found = true;
+  }
+  ::closedir(d);
+  return found;
+}
+
+bool stopped(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool any = false;
+  bool all = true;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    any = true;
+    const char state = state_of(read_stat(dir + "/" + e->d_name + "/stat"));
+    if (state != 'T' && state != 't') all = false;
+  }
+  ::closedir(d);
+  return any && all;
 }
 
 std::optional<double> fetch_metric(const std::string& admin, std::string_view name, const Labels& labels) {

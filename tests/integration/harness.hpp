@@ -86,6 +86,12 @@ std::string read_file(const std::string& path);
 std::size_t open_fds(pid_t pid);
 // utime + stime of every thread of `pid`, in clock ticks (/proc/PID/stat); -1 if gone.
 long cpu_ticks(pid_t pid);
+// True when `pid` holds an fd on the same socket as our `fd` (a shared listening socket:
+// an fd store copy, an inherited one), from the socket inode in /proc/PID/fd.
+bool holds_socket(pid_t pid, int fd);
+// True when every thread of `pid` is stopped (SIGSTOP took effect): after that it writes
+// nothing more, to its log or anywhere. False when there is no such process.
+bool stopped(pid_t pid);
 // The lines of `text` without their '\n'.
 std::vector<std::string> split_lines(std::string_view text);
 // The last `n` characters of `text`, marked "..." when cut (for failure messages).
@@ -358,6 +364,12 @@ RecvAll exchange(int fd, std::string_view data, bool shut_wr, std::size_t expect
 
 // True when the connection is still open and nothing is readable right now.
 bool is_open_and_quiet(int fd);
+
+// True when everything written on the TCP connection `fd` has been read by the peer
+// process: nothing waits in our send queue (SIOCOUTQ) nor in the peer socket's receive
+// queue (/proc/net/tcp{,6} of the calling thread's namespace). For "the daemon has the
+// bytes" before a signal; a peer in another namespace is not found (false).
+bool read_by_peer(int fd);
 
 // A round trip of one line: sends `line` (which must end in '\n') and reads it back.
 ::testing::AssertionResult echo_line(int fd, std::string_view line, Millis timeout = kIoTimeout);

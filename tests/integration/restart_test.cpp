@@ -247,7 +247,8 @@ TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServ
   ASSERT_TRUE(replace_with_script(binary, "#!/bin/sh\nexec sleep 600\n"));
   const std::size_t before = svc.notify().size();
   std::thread second_hup([&] {
-    std::this_thread::sleep_for(300ms);
+    // During the attempt: RELOADING=1 is sent as it begins.
+    (void)svc.notify().wait_line("RELOADING=1", before, 3000ms);
     ::kill(pid, SIGHUP);
   });
   const auto t0 = Clock::now();
@@ -423,8 +424,9 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
         },
         5000ms, 1ms))
         << "successor never opened its listeners";
-    // Frozen; had it reported ready already, the window was missed: try again.
-    std::this_thread::sleep_for(100ms);
+    // Frozen (every thread: it writes no more log); had it reported ready already, the
+    // window was missed: try again.
+    ASSERT_TRUE(wait_until([&] { return stopped(successor); }, 2000ms, 1ms)) << "SIGSTOP did not stop " << successor;
     const bool too_late = logged("echorelayd") || svc.log().find("handover done") != std::string::npos;
     if (too_late && attempt < 5) {
       ::kill(successor, SIGCONT);
@@ -475,8 +477,9 @@ ServiceUnderTest::Options signal_while_starting(ServiceUnderTest*& svc, int sign
             },
             5000ms, 1ms))
       return;
-    std::this_thread::sleep_for(50ms);
-    in_window = svc->log().find(prefix + "echorelayd") == std::string::npos;
+    // Frozen, every thread: what it logged so far is in the file, and nothing more comes.
+    in_window = wait_until([&] { return stopped(pid); }, 2000ms, 1ms) &&
+                svc->log().find(prefix + "echorelayd") == std::string::npos;
     if (in_window) ::kill(pid, signo);
     ::kill(pid, SIGCONT);
   };

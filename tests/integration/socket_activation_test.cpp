@@ -155,7 +155,7 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
 
   // WATCHDOG_USEC=300000: WATCHDOG=1 about every 100 ms, from the service.
   const std::size_t watch_from = notify.size();
-  std::this_thread::sleep_for(1000ms);
+  std::this_thread::sleep_for(1000ms);  // the window the pets are counted in
   int pets = 0;
   for (std::size_t i = watch_from; i < notify.size(); ++i)
     if (notify.at(i).has("WATCHDOG=1") && notify.at(i).sender == pid) ++pets;
