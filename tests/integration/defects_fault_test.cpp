@@ -379,18 +379,9 @@ address = "127.0.0.1:0"
 
 TEST(Attack, HotRestartWhoseSuccessorCannotBeExecutedSaysWhy) {
   TempDir bin_dir;
-  const std::string binary = bin_dir.file("echorelayd");
-  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
-  ServiceUnderTest::Options options;
-  options.binary = binary;
-  ServiceUnderTest svc(R"([daemon]
-workers = 1
-restart_timeout = "5s"
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-)",
+  const ServiceUnderTest::Options options = from_copied_binary(bin_dir);
+  const std::string binary = options.binary;
+  ServiceUnderTest svc(config_toml("workers = 1\nrestart_timeout = \"5s\"", {{"tcp", "tcp"}}, /*admin=*/false),
                        options);
   ASSERT_TRUE(svc.start());
   const pid_t old = svc.main_pid();

@@ -233,23 +233,10 @@ struct HandoverRig {
     if (auto r = replace_file(ECHORELAYD_PATH, binary); !r) return r;
     ServiceUnderTest::Options options;
     options.binary = binary;
-    svc = std::make_unique<ServiceUnderTest>(R"([daemon]
-workers = 1
-restart_timeout = "15s"
-drain_timeout = "2s"
-pid_file = ")" + pid_file + R"("
-[admin]
-listen = "127.0.0.1:0"
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-)",
-                                             options);
+    svc = std::make_unique<ServiceUnderTest>(
+        config_toml("workers = 1\nrestart_timeout = \"15s\"\ndrain_timeout = \"2s\"\npid_file = \"" + pid_file + "\"",
+                    {{"tcp", "tcp"}, {"unix", "unix", unix_path}}),
+        options);
     if (auto r = svc->start(); !r) return r << svc->log();
     old = svc->main_pid();
     // One round trip first: the fd count at rest includes whatever serving once leaves.

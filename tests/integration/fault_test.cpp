@@ -450,16 +450,9 @@ framing = "length-prefixed"
 TEST(FaultLifecycle, SighupStormNeverStopsTheServiceAndLeavesNothingBehind) {
   TempDir run_dir;
   const std::string pid_file = run_dir.file("echorelayd.pid");
-  ServiceUnderTest svc(R"([daemon]
-workers = 1
-drain_timeout = "2s"
-restart_timeout = "5s"
-pid_file = ")" + pid_file + R"("
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-)");
+  ServiceUnderTest svc(
+      config_toml("workers = 1\ndrain_timeout = \"2s\"\nrestart_timeout = \"5s\"\npid_file = \"" + pid_file + "\"",
+                  {{"tcp", "tcp"}}, /*admin=*/false));
   ASSERT_TRUE(svc.start());
   const std::size_t fd_baseline = open_fds(svc.main_pid());
   Load load;

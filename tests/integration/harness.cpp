@@ -208,6 +208,20 @@ std::string tail(const std::string& text, std::size_t n) {
   return "...\n" + text.substr(text.size() - n);
 }
 
+// ---- configs ----
+
+std::string config_toml(const std::string& daemon_keys, const std::vector<ListenerToml>& listeners, bool admin) {
+  std::string toml;
+  if (!daemon_keys.empty()) toml += "[daemon]\n" + daemon_keys + (daemon_keys.back() == '\n' ? "" : "\n");
+  if (admin) toml += "[admin]\nlisten = \"127.0.0.1:0\"\n";
+  for (const auto& l : listeners) {
+    toml += "[[listener]]\nname = \"" + l.name + "\"\nprotocol = \"" + l.protocol + "\"\naddress = \"" + l.address +
+            "\"\n" + l.keys;
+    if (!l.keys.empty() && l.keys.back() != '\n') toml += "\n";
+  }
+  return toml;
+}
+
 // ---- Fd, TempDir ----
 
 Fd& Fd::operator=(Fd&& other) noexcept {

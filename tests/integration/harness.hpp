@@ -109,6 +109,22 @@ ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout =
 // /usr/sbin/ip with `args` (network namespaces and veth pairs the tests create).
 ProcessResult ip_command(const std::vector<std::string>& args);
 
+// ---- configs ----
+
+// One [[listener]] table: `keys` are further lines ("handler = \"relay\"\n...").
+struct ListenerToml {
+  ListenerToml(std::string name_, std::string protocol_, std::string address_ = "127.0.0.1:0", std::string keys_ = "")
+      : name(std::move(name_)), protocol(std::move(protocol_)), address(std::move(address_)), keys(std::move(keys_)) {}
+  std::string name;
+  std::string protocol;
+  std::string address;
+  std::string keys;
+};
+// The config most tests spell out: a [daemon] table with `daemon_keys` (none when
+// empty), an [admin] endpoint on 127.0.0.1:0 when `admin`, then the listeners.
+std::string config_toml(const std::string& daemon_keys, const std::vector<ListenerToml>& listeners,
+                        bool admin = true);
+
 // ---- processes ----
 
 struct Spawned {

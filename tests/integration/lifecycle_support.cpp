@@ -32,30 +32,15 @@ int remaining(Clock::time_point deadline) {
 }  // namespace
 
 std::string tcp_unix_udp_config(const std::string& unix_path) {
-  return R"(
-[daemon]
-workers = 2
-drain_timeout = "5s"
-restart_timeout = "5s"
+  return config_toml("workers = 2\ndrain_timeout = \"5s\"\nrestart_timeout = \"5s\"",
+                     {{"tcp", "tcp"}, {"unix", "unix", unix_path}, {"udp", "udp"}});
+}
 
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+ServiceOptions from_copied_binary(const TempDir& bin_dir) {
+  ServiceOptions options;
+  options.binary = bin_dir.file("echorelayd");
+  EXPECT_TRUE(replace_file(ECHORELAYD_PATH, options.binary));
+  return options;
 }
 
 // ---- load generators ----

@@ -45,6 +45,10 @@ class ServiceUnderTest : public Daemon {
   ServiceUnderTest(std::string toml, Options options) : Daemon(std::move(toml), std::move(options)) {}
 };
 
+// Options that run the service from a copy of echorelayd in `bin_dir`
+// (options.binary), which a test may then replace on disk or make unexecutable.
+ServiceOptions from_copied_binary(const TempDir& bin_dir);
+
 // ---- load generators ----
 
 // Outcome of one request/response exchange on a stream connection.

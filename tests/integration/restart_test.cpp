@@ -164,24 +164,7 @@ std::string failure_config(bool valid) {
   if (!valid) return "[daemon]\nrestart_timeout = \"4s\"\n[[listener]\nname = \"broken\n";
   // 4 s: long enough for a real successor to get ready under ASan on a loaded machine,
   // short enough for the hanging-binary case.
-  return R"(
-[daemon]
-restart_timeout = "4s"
-drain_timeout = "3s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+  return config_toml("restart_timeout = \"4s\"\ndrain_timeout = \"3s\"", {{"tcp", "tcp"}, {"udp", "udp"}});
 }
 
 // One failed restart: the old process reports it, counts it and serves on.
@@ -207,14 +190,6 @@ void expect_failed_restart(ServiceUnderTest& svc, int persistent_fd, pid_t pid, 
   EXPECT_EQ(udp_recv(u.get()), std::optional<std::string>("udp after failure"));
   // The failed successor was reaped: the old process has no child left.
   EXPECT_TRUE(wait_until([&] { return children_of(pid).empty(); }, 3000ms)) << "successor left running";
-}
-
-// Runs the service from a copy of the binary, which the test then replaces on disk.
-ServiceUnderTest::Options from_copied_binary(const TempDir& bin_dir) {
-  ServiceUnderTest::Options options;
-  options.binary = bin_dir.file("echorelayd");
-  EXPECT_TRUE(replace_file(ECHORELAYD_PATH, options.binary));
-  return options;
 }
 
 // A connection to the "tcp" listener that has been answered once.

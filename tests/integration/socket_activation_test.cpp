@@ -21,29 +21,10 @@ namespace {
 constexpr const char* kSocketActivate = "/usr/bin/systemd-socket-activate";
 
 std::string activation_config(std::uint16_t port, const std::string& unix_path) {
-  return R"(
-[daemon]
-drain_timeout = "2s"
-restart_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "act-tcp"
-protocol = "tcp"
-address = "127.0.0.1:)" + std::to_string(port) + R"("
-
-[[listener]]
-name = "act-unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "own-udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+  return config_toml("drain_timeout = \"2s\"\nrestart_timeout = \"5s\"",
+                     {{"act-tcp", "tcp", "127.0.0.1:" + std::to_string(port)},
+                      {"act-unix", "unix", unix_path},
+                      {"own-udp", "udp"}});
 }
 
 bool exists(const std::string& path) {
