@@ -158,6 +158,7 @@ upstreams = ["self.test:)" + std::to_string(port) + R"("]
   ASSERT_TRUE(wait_until([&] {
     return metric_or(daemon.admin(), "echorelay_refused_total", {{"listener", "urelay"}, {"reason", "self_loop"}}) >= 1;
   })) << daemon.log();
+  // The observation window: a loop would have made more datagrams by now.
   std::this_thread::sleep_for(500ms);
   // One datagram from the client; before the fix each session's datagram made another.
   EXPECT_LE(metric_or(daemon.admin(), "echorelay_datagrams_received_total", {{"listener", "urelay"}}), 2);
@@ -243,6 +244,7 @@ rate_limit = 0
     return metric_or(daemon.admin(), "echorelay_refused_total", {{"listener", "a"}, {"reason", "denied_port"}}) >= 2 &&
            metric_or(daemon.admin(), "echorelay_refused_total", {{"listener", "b"}, {"reason", "denied_port"}}) >= 1;
   })) << daemon.log();
+  // The observation window: a loop would have made more datagrams by now.
   std::this_thread::sleep_for(500ms);
   // Three datagrams in, none out: no loop.
   EXPECT_EQ(metric_or(daemon.admin(), "echorelay_datagrams_received_total", {{"listener", "a"}}), 2);
@@ -358,13 +360,15 @@ protocol = "tcp"
 address = "127.0.0.1:0"
 )");
   ASSERT_TRUE(daemon.start()) << daemon.log();
+  const std::size_t fds_before = open_fds(daemon.pid());
   std::vector<Fd> idle;
   for (int i = 0; i < 4; ++i) {
     idle.push_back(connect_to(daemon.admin()));
     ASSERT_TRUE(idle.back().valid());
   }
-  // Let the control loop accept all four before the fifth.
-  std::this_thread::sleep_for(200ms);
+  // The control loop has accepted all four (each is an fd of the daemon) before the fifth.
+  ASSERT_TRUE(wait_until([&] { return open_fds(daemon.pid()) >= fds_before + 4; }))
+      << open_fds(daemon.pid()) << " fds, " << fds_before << " before";
   Fd fifth = connect_to(daemon.admin());
   ASSERT_TRUE(fifth.valid());
   EXPECT_TRUE(expect_closed(fifth.get(), 2000ms)) << "the fifth admin connection was kept open";
@@ -375,18 +379,9 @@ address = "127.0.0.1:0"
 
 TEST(Attack, HotRestartWhoseSuccessorCannotBeExecutedSaysWhy) {
   TempDir bin_dir;
-  const std::string binary = bin_dir.file("echorelayd");
-  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
-  ServiceUnderTest::Options options;
-  options.binary = binary;
-  ServiceUnderTest svc(R"([daemon]
-workers = 1
-restart_timeout = "5s"
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-)",
+  const ServiceUnderTest::Options options = from_copied_binary(bin_dir);
+  const std::string binary = options.binary;
+  ServiceUnderTest svc(config_toml("workers = 1\nrestart_timeout = \"5s\"", {{"tcp", "tcp"}}, /*admin=*/false),
                        options);
   ASSERT_TRUE(svc.start());
   const pid_t old = svc.main_pid();

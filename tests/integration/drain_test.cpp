@@ -45,7 +45,7 @@ TEST(Drain, SigtermAnswersTheRequestInFlightClosesIdleWithFinAndTheRestAtTheDead
   ASSERT_TRUE(send_all(half.get(), "half a "));
   ASSERT_TRUE(send_all(stuck.get(), "never finished"));
   // Both partial requests must have reached the daemon before the signal.
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(wait_until([&] { return read_by_peer(half.get()) && read_by_peer(stuck.get()); }));
 
   const std::size_t from = svc.notify().size();
   const auto t0 = Clock::now();
@@ -81,7 +81,7 @@ TEST(Drain, SigtermAnswersTheRequestInFlightClosesIdleWithFinAndTheRestAtTheDead
                                     from, 0ms))
       << svc.notify().dump();
 
-  EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(5000ms), std::optional<int>(0));
   // Gone, and the fd store (kept by this test) flushed: nothing holds the socket now.
   svc.notify().release_fds();
   int err = 0;
@@ -99,17 +99,17 @@ TEST(Drain, SecondSigtermEndsTheDrainAtOnce) {
   ASSERT_TRUE(stuck);
   ASSERT_TRUE(echo_line(stuck.get(), "warm up\n"));
   ASSERT_TRUE(send_all(stuck.get(), "never finished"));
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(wait_until([&] { return read_by_peer(stuck.get()); }));
 
   ASSERT_TRUE(svc.signal(SIGTERM));
   ASSERT_TRUE(svc.notify().wait_line("STOPPING=1", 0, 3000ms));
-  // The drain waits for the unfinished request...
+  // The drain waits for the unfinished request (watched for 300 ms)...
   std::this_thread::sleep_for(300ms);
   EXPECT_TRUE(is_open_and_quiet(stuck.get()));
   // ...until the operator insists.
   const auto t0 = Clock::now();
   ASSERT_TRUE(svc.signal(SIGTERM));
-  EXPECT_EQ(svc.wait_first_exit(3000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(3000ms), std::optional<int>(0));
   EXPECT_LE(Clock::now() - t0, 2000ms);
   EXPECT_TRUE(expect_closed(stuck.get(), 1000ms));
 }

@@ -38,75 +38,6 @@ std::size_t count_lines_containing(const std::string& text, const std::string& n
 
 double ticks_to_seconds(long ticks) { return static_cast<double>(ticks) / static_cast<double>(::sysconf(_SC_CLK_TCK)); }
 
-// A network namespace joined to this one by a veth pair: kHost on our side, kInside in
-// the namespace. Taking our end down makes every peer on our side vanish for the
-// namespace without a FIN or a reset. Deleted (namespace and pair) in the destructor,
-// also when the test fails half-way.
-class LinkedNetNs {
- public:
-  LinkedNetNs() : name_(unique_name("erl-fmore")) {
-    static int counter = 0;
-    const int tag = static_cast<int>(::getpid() % 1000) * 10 + (counter++ % 10);
-    host_if_ = "fmh" + std::to_string(tag);
-    const int subnet = static_cast<int>(::getpid() % 200) + 20;
-    const std::string prefix = "10.231." + std::to_string(subnet) + ".";
-    host_ = prefix + std::to_string(1 + 4 * (counter % 60));
-    inside_ = prefix + std::to_string(2 + 4 * (counter % 60));
-    if (auto r = ip_command({"netns", "add", name_}); r.exit_code != 0) {
-      error_ = "ip netns add: " + r.output;
-      return;
-    }
-    created_ = true;
-    const std::vector<std::vector<std::string>> steps = {
-        {"-n", name_, "link", "set", "lo", "up"},
-        {"link", "add", host_if_, "type", "veth", "peer", "name", "in0", "netns", name_},
-        {"addr", "add", host_ + "/30", "dev", host_if_},
-        {"-n", name_, "addr", "add", inside_ + "/30", "dev", "in0"},
-        {"link", "set", host_if_, "up"},
-        {"-n", name_, "link", "set", "in0", "up"},
-    };
-    for (const auto& step : steps) {
-      if (auto r = ip_command(step); r.exit_code != 0) {
-        error_ = "ip " + step[0] + " " + step[1] + " " + step[2] + ": " + r.output;
-        return;
-      }
-    }
-    ok_ = true;
-  }
-  ~LinkedNetNs() {
-    if (!created_) return;
-    ip_command({"link", "del", host_if_});
-    ip_command({"netns", "del", name_});
-  }
-  LinkedNetNs(const LinkedNetNs&) = delete;
-  LinkedNetNs& operator=(const LinkedNetNs&) = delete;
-
-  bool ok() const { return ok_; }
-  const std::string& error() const { return error_; }
-  const std::string& name() const { return name_; }
-  const std::string& inside() const { return inside_; }
-  template <class F>
-  auto run(F&& f) const -> std::invoke_result_t<F&> {
-    return run_in_netns(name_, std::forward<F>(f));
-  }
-  ::testing::AssertionResult cut() {
-    auto r = ip_command({"link", "set", host_if_, "down"});
-    if (r.exit_code != 0) return ::testing::AssertionFailure() << "ip link set down: " << r.output;
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  std::string name_;
-  std::string host_if_;
-  std::string host_;
-  std::string inside_;
-  std::string error_;
-  bool created_ = false;
-  bool ok_ = false;
-};
-
-#define REQUIRE_NETNS(ns) ASSERT_TRUE((ns).ok()) << "network namespace: " << (ns).error()
-
 // ---- 1. an upstream slower than idle_timeout
 
 // The upstream reads the request and holds its answer. Nothing moves in either
@@ -302,23 +233,10 @@ struct HandoverRig {
     if (auto r = replace_file(ECHORELAYD_PATH, binary); !r) return r;
     ServiceUnderTest::Options options;
     options.binary = binary;
-    svc = std::make_unique<ServiceUnderTest>(R"([daemon]
-workers = 1
-restart_timeout = "15s"
-drain_timeout = "2s"
-pid_file = ")" + pid_file + R"("
-[admin]
-listen = "127.0.0.1:0"
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-[[listener]]
-name = "unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-)",
-                                             options);
+    svc = std::make_unique<ServiceUnderTest>(
+        config_toml("workers = 1\nrestart_timeout = \"15s\"\ndrain_timeout = \"2s\"\npid_file = \"" + pid_file + "\"",
+                    {{"tcp", "tcp"}, {"unix", "unix", unix_path}}),
+        options);
     if (auto r = svc->start(); !r) return r << svc->log();
     old = svc->main_pid();
     // One round trip first: the fd count at rest includes whatever serving once leaves.
@@ -847,7 +765,10 @@ upstreams = [")" + upstream.address() + R"("]
 // echo cuts its client at read_timeout and counts it, the relay cuts its client and the
 // upstream connection at idle_timeout; every fd is returned.
 TEST(FaultMoreHalfOpen, ClientThatVanishesWithoutFinIsCutByItsTimeoutAndCounted) {
-  LinkedNetNs ns;
+  // A namespace joined to this one by a veth pair: taking our end down makes every peer
+  // on our side vanish for the namespace without a FIN or a reset.
+  NetNs ns(NetNs::Options{"erl-fmore"});
+  ns.link_to_host("in0");
   REQUIRE_NETNS(ns);
   UpstreamOptions upstream_options;
   upstream_options.netns = ns.name();
@@ -862,12 +783,12 @@ listen = "127.0.0.1:0"
 [[listener]]
 name = "echo"
 protocol = "tcp"
-address = ")" + ns.inside() + R"(:0"
+address = ")" + ns.inside_ip() + R"(:0"
 read_timeout = "2s"
 [[listener]]
 name = "relay"
 protocol = "tcp"
-address = ")" + ns.inside() + R"(:0"
+address = ")" + ns.inside_ip() + R"(:0"
 handler = "relay"
 upstreams = [")" + upstream.address() + R"("]
 idle_timeout = "2s"
@@ -882,7 +803,7 @@ idle_timeout = "2s"
   Fd relay = connect_to(daemon.address("relay"));
   ASSERT_TRUE(echo_line(relay.get(), "relayed first\n"));
   ASSERT_EQ(upstream.open_connections(), 1U);
-  ASSERT_TRUE(ns.cut());
+  ASSERT_TRUE(ns.set_host_end(false));
   const auto cut_at = Clock::now();
   // Their FINs die on the downed link.
   echo.reset();

@@ -92,7 +92,7 @@ max_connections = 15000
       } else {
         latencies_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
       }
-      std::this_thread::sleep_for(20ms);
+      std::this_thread::sleep_for(20ms);  // pacing: a line every 20 ms
     }
   });
 
@@ -119,17 +119,18 @@ max_connections = 15000
 
   // Every stalled connection is closed by the daemon within its deadline (3 s) plus slack.
   std::size_t closed = 0;
-  const auto deadline = Clock::now() + 20s;
   std::vector<bool> seen(stalled.size(), false);
-  while (closed < stalled.size() && Clock::now() < deadline) {
-    for (std::size_t i = 0; i < stalled.size(); ++i) {
-      if (!seen[i] && peer_closed(stalled[i].get())) {
-        seen[i] = true;
-        ++closed;
-      }
-    }
-    std::this_thread::sleep_for(100ms);
-  }
+  wait_until(
+      [&] {
+        for (std::size_t i = 0; i < stalled.size(); ++i) {
+          if (!seen[i] && peer_closed(stalled[i].get())) {
+            seen[i] = true;
+            ++closed;
+          }
+        }
+        return closed == stalled.size();
+      },
+      20s, 100ms);
   stop = true;
   normal.join();
   const double refused =
@@ -228,7 +229,7 @@ TEST(FaultUpstream, UpstreamResetMidStreamClosesTheClientAndIsCounted) {
       if (n > 0) (void)::send(s.get(), buf, static_cast<std::size_t>(n), MSG_NOSIGNAL);
       linger lg{1, 0};
       ::setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-      std::this_thread::sleep_for(20ms);
+      std::this_thread::sleep_for(20ms);  // pacing: the resets come 20 ms apart
     }
   });
   Daemon daemon(R"([daemon]
@@ -296,7 +297,7 @@ recv_buffer = "4MiB"
       for (int i = 0; i < 64; ++i) {
         if (::send(flood.get(), "flood", 5, MSG_DONTWAIT) == 5) ++flooded;
       }
-      std::this_thread::sleep_for(1ms);
+      std::this_thread::sleep_for(1ms);  // pacing: bursts of 64
     }
   });
   int calm_answered = 0;
@@ -304,7 +305,7 @@ recv_buffer = "4MiB"
     const std::string d = "calm " + std::to_string(i);
     ASSERT_TRUE(udp_send(calm.get(), d));
     if (udp_recv(calm.get(), 2000ms) == std::optional<std::string>(d)) ++calm_answered;
-    std::this_thread::sleep_for(25ms);
+    std::this_thread::sleep_for(25ms);  // pacing: the calm client's rate
   }
   stop = true;
   flooder.join();
@@ -425,7 +426,7 @@ framing = "length-prefixed"
       cut = true;
       break;
     }
-    std::this_thread::sleep_for(50ms);
+    (void)writable(rude.get(), 50ms);  // room again, or the cut (or another look at the metric)
   }
   Fd polite = connect_to(daemon.address("echo"));
   EXPECT_TRUE(echo_line(polite.get(), "served meanwhile\n"));
@@ -449,16 +450,9 @@ framing = "length-prefixed"
 TEST(FaultLifecycle, SighupStormNeverStopsTheServiceAndLeavesNothingBehind) {
   TempDir run_dir;
   const std::string pid_file = run_dir.file("echorelayd.pid");
-  ServiceUnderTest svc(R"([daemon]
-workers = 1
-drain_timeout = "2s"
-restart_timeout = "5s"
-pid_file = ")" + pid_file + R"("
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-)");
+  ServiceUnderTest svc(
+      config_toml("workers = 1\ndrain_timeout = \"2s\"\nrestart_timeout = \"5s\"\npid_file = \"" + pid_file + "\"",
+                  {{"tcp", "tcp"}}, /*admin=*/false));
   ASSERT_TRUE(svc.start());
   const std::size_t fd_baseline = open_fds(svc.main_pid());
   Load load;
@@ -472,14 +466,17 @@ address = "127.0.0.1:0"
     return pid;
   };
   std::set<pid_t> signalled;
+  std::size_t before_last = 0;
   for (int i = 0; i < 50; ++i) {
     const pid_t target = current_main();
     signalled.insert(target);
+    before_last = svc.notify().size();
     ::kill(target, SIGHUP);
-    std::this_thread::sleep_for(100ms);
+    std::this_thread::sleep_for(100ms);  // the storm: a SIGHUP every 100 ms
   }
-  // Let the last restart finish (restart_timeout is 5 s).
-  std::this_thread::sleep_for(3000ms);
+  // Let the restart the last SIGHUP started or joined finish: its READY=1 (a new main's,
+  // or "reload failed"); restart_timeout (5 s) bounds the wait.
+  (void)svc.notify().wait_line("READY=1", before_last, 5000ms);
   load.stop();
   std::printf("[ figures  ] SIGHUP storm: 50 SIGHUPs in 5 s reached %zu main processes; load: %s\n",
               signalled.size(), load.summary().c_str());

@@ -1,6 +1,7 @@
-// Implementation of the integration-test harness: process spawning with a pidfd (so a
-// wait can watch the notify socket and the child's death at once), the bound-addresses
-// file, and deadline-bounded socket I/O. All sockets are CLOEXEC so a spawned daemon
+// Implementation of the integration-test harness: process spawning with a pidfd, the
+// notify socket and its reader thread, the daemon runner (which signals and kills only
+// the pids it learned, never by name), the bound-addresses file, and deadline-bounded
+// socket I/O. All sockets are CLOEXEC so a spawned daemon
 // never inherits a test's client sockets.
 #include "harness.hpp"
 
@@ -12,7 +13,11 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -60,33 +65,83 @@ std::optional<int> reap(pid_t pid, int pidfd, Millis timeout) {
     r = ::waitpid(pid, &status, 0);
   } while (r < 0 && errno == EINTR);
   if (r != pid) return std::nullopt;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return std::nullopt;
+  if (!WIFEXITED(status) && !WIFSIGNALED(status)) return std::nullopt;
+  return status_code(status);
 }
 
-struct Spawned {
-  pid_t pid = -1;
-  Fd pidfd;
-  int error = 0;
-};
+// Not passed on from the test's own environment (see spawn_process).
+bool manager_variable(std::string_view entry) {
+  for (std::string_view name : {"NOTIFY_SOCKET=", "LISTEN_FDS", "LISTEN_PID=", "WATCHDOG_"})
+    if (entry.substr(0, name.size()) == name) return true;
+  return false;
+}
 
-// fork + exec with stdin from /dev/null and stdout/stderr to `output_path`. Everything
-// the child needs is prepared before fork: after fork only async-signal-safe calls.
-Spawned spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
-              const std::string& output_path, const std::string& netns) {
+// A /proc stat file, or "" when the process is gone. Plain read(2): a process that exits
+// between open and read makes the read fail with ESRCH, which an istreambuf_iterator
+// would turn into an exception.
+std::string read_stat(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "";
+  char buf[1024];
+  const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+std::string proc_stat(pid_t pid) { return read_stat("/proc/" + std::to_string(pid) + "/stat"); }
+
+// The state letter of a stat line "pid (comm) S ppid ...": comm may hold spaces and
+// parentheses, so it follows the last ')'. 0 when there is none.
+char state_of(const std::string& stat) {
+  auto close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
+  return stat[close + 2];
+}
+
+// The test process is a child subreaper while any Daemon lives (counted, so daemons
+// destroyed in any order leave it as it was before the first).
+std::mutex subreaper_mutex;
+int subreaper_users = 0;
+bool subreaper_before = false;
+
+void hold_subreaper() {
+  std::lock_guard lock(subreaper_mutex);
+  if (subreaper_users++ > 0) return;
+  int flag = 0;
+  ::prctl(PR_GET_CHILD_SUBREAPER, &flag);
+  subreaper_before = flag != 0;
+  // Successors outlive their parents: as subreaper the test inherits and reaps them.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+}
+
+void release_subreaper() {
+  std::lock_guard lock(subreaper_mutex);
+  if (--subreaper_users == 0 && !subreaper_before) ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+}  // namespace
+
+int status_code(int wait_status) {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return -1;
+}
+
+// Everything the child needs is prepared before fork: after fork only async-signal-safe
+// calls.
+Spawned spawn_process(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                      const std::string& output_path, const std::string& netns) {
   Spawned result;
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view entry(*e);
-    bool overridden = false;
-    for (const auto& extra : extra_env) {
+    bool overridden = manager_variable(entry);
+    for (const auto& extra : env) {
       auto eq = extra.find('=');
       if (entry.substr(0, eq + 1) == std::string_view(extra).substr(0, eq + 1)) overridden = true;
     }
     if (!overridden) env_strings.emplace_back(entry);
   }
-  for (const auto& extra : extra_env) env_strings.push_back(extra);
+  for (const auto& extra : env) env_strings.push_back(extra);
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -95,7 +150,7 @@ Spawned spawn(const std::vector<std::string>& argv, const std::vector<std::strin
   for (auto& s : args) argp.push_back(s.data());
   argp.push_back(nullptr);
 
-  Fd out(::open(output_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  Fd out(::open(output_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   Fd ns;
   if (!netns.empty()) {
@@ -135,7 +190,6 @@ Spawned spawn(const std::vector<std::string>& argv, const std::vector<std::strin
   return result;
 }
 
-}  // namespace
 
 std::vector<std::string> split_lines(std::string_view text) {
   std::vector<std::string> lines;
@@ -152,6 +206,20 @@ std::vector<std::string> split_lines(std::string_view text) {
 std::string tail(const std::string& text, std::size_t n) {
   if (text.size() <= n) return text;
   return "...\n" + text.substr(text.size() - n);
+}
+
+// ---- configs ----
+
+std::string config_toml(const std::string& daemon_keys, const std::vector<ListenerToml>& listeners, bool admin) {
+  std::string toml;
+  if (!daemon_keys.empty()) toml += "[daemon]\n" + daemon_keys + (daemon_keys.back() == '\n' ? "" : "\n");
+  if (admin) toml += "[admin]\nlisten = \"127.0.0.1:0\"\n";
+  for (const auto& l : listeners) {
+    toml += "[[listener]]\nname = \"" + l.name + "\"\nprotocol = \"" + l.protocol + "\"\naddress = \"" + l.address +
+            "\"\n" + l.keys;
+    if (!l.keys.empty() && l.keys.back() != '\n') toml += "\n";
+  }
+  return toml;
 }
 
 // ---- Fd, TempDir ----
@@ -218,7 +286,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout) 
   TempDir dir;
   std::string out_path = dir.file("output");
   ProcessResult result;
-  Spawned child = spawn(argv, {}, out_path, "");
+  Spawned child = spawn_process(argv, {}, out_path);
   if (child.pid < 0) {
     result.output = std::string("spawn failed: ") + std::strerror(child.error);
     return result;
@@ -232,118 +300,353 @@ ProcessResult run_process(const std::vector<std::string>& argv, Millis timeout) 
   return result;
 }
 
+// ---- processes ----
+
+char process_state(pid_t pid) { return state_of(proc_stat(pid)); }
+
+pid_t parent_of(pid_t pid) {
+  const std::string text = proc_stat(pid);
+  auto close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(text.substr(close + 2));
+  char state;
+  pid_t ppid = 0;
+  rest >> state >> ppid;
+  return ppid;
+}
+
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (parent_of(pid) == parent) out.push_back(pid);
+  }
+  return out;
+}
+
+Gone wait_gone(pid_t pid, Millis timeout) {
+  Gone result;
+  if (pid <= 0) return result;
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      result.gone = true;
+      result.exit_code = status_code(status);
+      return result;
+    }
+    if (r < 0 && errno == ECHILD) {
+      // Not our child (yet): gone when absent or a zombie waiting for its parent.
+      if (::kill(pid, 0) != 0 && errno == ESRCH) {
+        result.gone = true;
+        return result;
+      }
+      if (process_state(pid) == 'Z') {
+        result.gone = true;
+        return result;
+      }
+    }
+    if (Clock::now() >= deadline) return result;
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+// ---- Notice, NotifySocket ----
+
+bool Notice::has(std::string_view line) const {
+  for (auto l : split_lines(text))
+    if (l == line) return true;
+  return false;
+}
+
+std::optional<std::string> Notice::value(std::string_view key) const {
+  for (auto l : split_lines(text)) {
+    if (l.size() > key.size() && l.substr(0, key.size()) == key && l[key.size()] == '=')
+      return std::string(l.substr(key.size() + 1));
+  }
+  return std::nullopt;
+}
+
+NotifySocket::NotifySocket(std::string path, bool keep_fds) : path_(std::move(path)), keep_fds_(keep_fds) {
+  fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd_ || !wake_) {
+    ADD_FAILURE() << "notify socket: " << std::strerror(errno);
+    fd_.reset();
+    return;
+  }
+  int one = 1;
+  ::setsockopt(fd_.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+  // Many generations send to it during a storm; a larger buffer avoids any loss.
+  int size = 4 << 20;
+  ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path_.c_str());
+  if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    ADD_FAILURE() << "bind " << path_ << ": " << std::strerror(errno);
+    fd_.reset();
+    return;
+  }
+  reader_ = std::thread([this] { read_loop(); });
+}
+
+NotifySocket::~NotifySocket() {
+  if (reader_.joinable()) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_.get(), &one, sizeof one);
+    reader_.join();
+  }
+}
+
+void NotifySocket::read_loop() {
+  for (;;) {
+    pollfd p[2] = {{fd_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      ADD_FAILURE() << "poll notify socket: " << std::strerror(errno);
+      return;
+    }
+    if (p[1].revents != 0) return;
+    receive_queued();
+  }
+}
+
+void NotifySocket::flush() { receive_queued(); }
+
+void NotifySocket::receive_queued() {
+  std::lock_guard receiving(receive_mutex_);
+  for (;;) {
+    char buf[8192];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * 64)];
+    iovec iov{buf, sizeof buf};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(fd_.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) return;
+    Notice notice;
+    notice.at = Clock::now();
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_RIGHTS) {
+        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          Fd passed(fd);  // closed here unless kept: no fd the test did not ask for leaks
+          if (keep_fds_) notice.fds.push_back(std::move(passed));
+        }
+      } else if (c->cmsg_type == SCM_CREDENTIALS) {
+        ucred cred{};
+        std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
+        notice.sender = cred.pid;
+      }
+    }
+    notice.text.assign(buf, static_cast<std::size_t>(n));
+    while (!notice.text.empty() && notice.text.back() == '\n') notice.text.pop_back();
+    {
+      std::lock_guard lock(mutex_);
+      if (notice.has("FDSTOREREMOVE=1")) {
+        const auto name = notice.value("FDNAME");
+        for (auto& m : messages_)
+          if (m.has("FDSTORE=1") && m.value("FDNAME") == name) m.fds.clear();
+      }
+      messages_.push_back(std::move(notice));
+    }
+    arrived_.notify_all();
+  }
+}
+
+std::size_t NotifySocket::size() const {
+  std::lock_guard lock(mutex_);
+  return messages_.size();
+}
+
+const Notice& NotifySocket::at(std::size_t i) const {
+  std::lock_guard lock(mutex_);
+  return messages_.at(i);
+}
+
+std::vector<std::reference_wrapper<const Notice>> NotifySocket::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return {messages_.begin(), messages_.end()};
+}
+
+std::optional<std::size_t> NotifySocket::wait_for(const std::function<bool(const Notice&)>& pred,
+                                                  std::size_t from, Millis timeout) {
+  const auto deadline = Clock::now() + timeout;
+  std::unique_lock lock(mutex_);
+  std::size_t checked = from;
+  for (;;) {
+    for (; checked < messages_.size(); ++checked)
+      if (pred(messages_[checked])) return checked;
+    if (arrived_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      for (; checked < messages_.size(); ++checked)
+        if (pred(messages_[checked])) return checked;
+      return std::nullopt;
+    }
+  }
+}
+
+std::optional<std::size_t> NotifySocket::wait_line(std::string_view line, std::size_t from, Millis timeout) {
+  std::string l(line);
+  return wait_for([l](const Notice& n) { return n.has(l); }, from, timeout);
+}
+
+void NotifySocket::release_fds() {
+  std::lock_guard lock(mutex_);
+  for (auto& m : messages_) m.fds.clear();
+}
+
+std::string NotifySocket::dump() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  for (const auto& m : messages_) {
+    std::string text = m.text;
+    for (auto& c : text)
+      if (c == '\n') c = '|';
+    out += "  [" + std::to_string(m.sender) + "] " + text;
+    if (!m.fds.empty()) out += " (+" + std::to_string(m.fds.size()) + " fds)";
+    out += "\n";
+  }
+  return out;
+}
+
 // ---- Daemon ----
 
 Daemon::Daemon(std::string toml) : Daemon(std::move(toml), Options{}) {}
 
-Daemon::Daemon(std::string toml, Options options) : toml_(std::move(toml)), options_(std::move(options)) {
-  config_path_ = dir_.file("echorelay.toml");
-  log_path_ = dir_.file("daemon.log");
-  bound_path_ = dir_.file("bound-addresses");
-  notify_path_ = dir_.file("notify.sock");
-  write_file(config_path_, toml_);
+Daemon::Daemon(std::string toml, Options options)
+    : options_(std::move(options)),
+      config_path_(dir_.file("echorelay.toml")),
+      log_path_(dir_.file("daemon.log")),
+      bound_path_(dir_.file("bound-addresses")),
+      notify_(dir_.file("notify.sock"), options_.keep_stored_fds) {
+  write_file(config_path_, toml);
+  hold_subreaper();
 }
 
 Daemon::~Daemon() {
-  if (pid_ > 0 && !exit_code_) {
-    ::kill(pid_, SIGKILL);
-    reap(pid_, pidfd_.get(), kExitTimeout);
+  std::vector<pid_t> pids = main_pids_;
+  if (first_pid_ > 0 && !first_exit_) pids.push_back(first_pid_);
+  for (const Notice& m : notify_.snapshot())
+    if (m.sender > 0) pids.push_back(m.sender);
+  // Workers of a supervisor and successors still starting: every descendant.
+  for (std::size_t i = 0; i < pids.size() && i < 1000; ++i) {
+    for (pid_t child : children_of(pids[i]))
+      if (std::find(pids.begin(), pids.end(), child) == pids.end()) pids.push_back(child);
   }
+  for (pid_t pid : pids) {
+    // Only processes of this service: the ones we spawned or that spoke on our socket.
+    if (pid > 0 && process_state(pid) != 0 && process_state(pid) != 'Z') ::kill(pid, SIGKILL);
+  }
+  for (pid_t pid : pids) wait_gone(pid, 2000ms);
   if (::testing::Test::HasFailure()) {
     std::cerr << "---- echorelayd log (" << log_path_ << ") ----\n"
-              << tail(log(), 6000) << "\n---- notify: ";
-    for (const auto& m : messages_) std::cerr << "[" << m << "] ";
-    std::cerr << "\n";
+              << tail(log(), 8000) << "\n---- notify messages ----\n"
+              << tail(notify_.dump(), 6000) << "\n";
   }
+  release_subreaper();
+}
+
+void Daemon::write_config(const std::string& toml) {
+  std::string tmp = config_path_ + ".new";
+  write_file(tmp, toml);
+  ::rename(tmp.c_str(), config_path_.c_str());
 }
 
 ::testing::AssertionResult Daemon::spawn() {
-  notify_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!notify_) return ::testing::AssertionFailure() << "socket: " << std::strerror(errno);
-  int one = 1;
-  ::setsockopt(notify_.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", notify_path_.c_str());
-  if (::bind(notify_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0)
-    return ::testing::AssertionFailure() << "bind " << notify_path_ << ": " << std::strerror(errno);
-
-  // --no-supervise: these tests watch the daemon's own process (a hot restart gives a
-  // new MAINPID); the NOTIFY_SOCKET below would already imply it.
-  std::vector<std::string> argv = {ECHORELAYD_PATH, "-c", config_path_, "--bound-addresses-file",
-                                   bound_path_, "--no-supervise"};
-  if (!options_.log_level.empty()) {
-    argv.push_back("--log-level");
-    argv.push_back(options_.log_level);
-  }
-  if (!options_.log_format.empty()) {
-    argv.push_back("--log-format");
-    argv.push_back(options_.log_format);
-  }
-  for (const auto& a : options_.extra_args) argv.push_back(a);
-  std::vector<std::string> env = {"NOTIFY_SOCKET=" + notify_path_};
-  env.insert(env.end(), options_.extra_env.begin(), options_.extra_env.end());
-  Spawned child = echorelay::test::spawn(argv, env, log_path_, options_.netns);
+  if (!notify_.valid()) return ::testing::AssertionFailure() << "no notify socket";
+  std::vector<std::string> argv = options_.prefix;
+  argv.push_back(options_.binary);
+  argv.insert(argv.end(), {"-c", config_path_});
+  if (options_.bound_addresses) argv.insert(argv.end(), {"--bound-addresses-file", bound_path_});
+  if (!options_.log_level.empty()) argv.insert(argv.end(), {"--log-level", options_.log_level});
+  if (!options_.log_format.empty()) argv.insert(argv.end(), {"--log-format", options_.log_format});
+  // Direct unless asked: a hot restart gives a new MAINPID (the default without a
+  // NOTIFY_SOCKET would be the supervisor).
+  argv.push_back(options_.supervise ? "--supervise" : "--no-supervise");
+  argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
+  std::vector<std::string> env = options_.env;
+  if (options_.notify_in_env) env.push_back("NOTIFY_SOCKET=" + notify_.path());
+  Spawned child = spawn_process(argv, env, log_path_, options_.netns);
   if (child.pid < 0)
-    return ::testing::AssertionFailure() << "spawn " << ECHORELAYD_PATH << ": " << std::strerror(child.error);
-  pid_ = child.pid;
+    return ::testing::AssertionFailure() << "spawn " << argv.front() << ": " << std::strerror(child.error);
+  first_pid_ = child.pid;
+  main_pid_ = child.pid;
   pidfd_ = std::move(child.pidfd);
+  if (options_.after_spawn) options_.after_spawn();
   return ::testing::AssertionSuccess();
 }
 
-::testing::AssertionResult Daemon::start() {
+::testing::AssertionResult Daemon::start(Millis timeout) {
   if (auto r = spawn(); !r) return r;
-  auto deadline = Clock::now() + kReadyTimeout;
-  while (!saw_notify("READY=1")) {
-    if (Clock::now() >= deadline)
-      return ::testing::AssertionFailure() << "no READY=1 within " << kReadyTimeout.count()
-                                           << " ms; log:\n" << tail(log(), 3000);
-    pollfd p[2] = {{notify_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
-    int rc = ::poll(p, 2, remaining_ms(deadline));
-    if (rc < 0 && errno != EINTR) return ::testing::AssertionFailure() << "poll: " << std::strerror(errno);
-    if (p[0].revents & POLLIN) {
-      drain_notify(0ms);
-      continue;
-    }
-    if (p[1].revents & POLLIN) {
-      drain_notify(0ms);
-      if (saw_notify("READY=1")) break;
-      exit_code_ = reap(pid_, pidfd_.get(), 1000ms);
+  auto deadline = Clock::now() + timeout;
+  const bool supervise = options_.supervise;
+  auto is_ready = [supervise](const Notice& n) { return n.has("READY=1") && (supervise || n.value("MAINPID")); };
+  std::optional<std::size_t> ready;
+  while (!ready) {
+    ready = notify_.wait_for(is_ready, 0, 50ms);
+    if (ready) break;
+    if (!running()) {
+      notify_.flush();
+      ready = notify_.wait_for(is_ready, 0, 0ms);
+      if (ready) break;
+      auto code = wait_exit(1000ms);
       return ::testing::AssertionFailure() << "echorelayd exited before READY=1 with status "
-                                           << (exit_code_ ? std::to_string(*exit_code_) : "?")
-                                           << "; log:\n" << tail(log(), 3000);
+                                           << (code ? std::to_string(*code) : "?") << "; log:\n"
+                                           << tail(log(), 3000);
     }
+    if (Clock::now() >= deadline)
+      return ::testing::AssertionFailure() << "no READY=1" << (supervise ? "" : " with MAINPID") << " within "
+                                           << timeout.count() << " ms; log:\n"
+                                           << tail(log(), 3000);
   }
+  auto mainpid = notify_.at(*ready).value("MAINPID");
+  main_pid_ = mainpid ? static_cast<pid_t>(std::stol(*mainpid)) : first_pid_;
+  main_pids_.push_back(main_pid_);
   std::string error;
-  if (!read_bound_addresses(&error)) return ::testing::AssertionFailure() << error;
+  if (options_.bound_addresses && !reload_addresses(&error))
+    return ::testing::AssertionFailure() << "READY=1 sent but " << error;
   return ::testing::AssertionSuccess();
 }
 
-bool Daemon::read_bound_addresses(std::string* error) {
+bool Daemon::running() {
+  if (first_pid_ <= 0 || first_exit_) return false;
+  pollfd p{pidfd_.get(), POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
+}
+
+bool Daemon::reload_addresses(std::string* error) {
   std::ifstream in(bound_path_);
   if (!in) {
-    *error = "READY=1 sent but no bound-addresses file at " + bound_path_;
+    if (error) *error = "no bound-addresses file at " + bound_path_;
     return false;
   }
+  std::map<std::string, std::string> addresses;
+  std::map<std::string, std::string> protocols;
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     std::istringstream fields(line);
     std::string name, proto, addr;
     if (!(fields >> name >> proto >> addr)) {
-      *error = "malformed bound-addresses line: '" + line + "'";
+      if (error) *error = "malformed bound-addresses line: '" + line + "'";
       return false;
     }
-    addresses_[name] = addr;
-    protocols_[name] = proto;
+    addresses[name] = addr;
+    protocols[name] = proto;
   }
+  addresses_ = std::move(addresses);
+  protocols_ = std::move(protocols);
   return true;
-}
-
-bool Daemon::running() {
-  if (pid_ <= 0 || exit_code_) return false;
-  pollfd p{pidfd_.get(), POLLIN, 0};
-  return ::poll(&p, 1, 0) == 0;
 }
 
 std::string Daemon::address(const std::string& name) const {
@@ -362,72 +665,98 @@ std::string Daemon::protocol(const std::string& name) const {
 
 std::uint16_t Daemon::port(const std::string& name) const { return port_of(address(name)); }
 
-void Daemon::drain_notify(Millis timeout) {
-  if (!notify_) return;
-  pollfd p{notify_.get(), POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return;
-  for (;;) {
-    char buf[4096];
-    char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * 16)];
-    iovec iov{buf, sizeof buf};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    ssize_t n = ::recvmsg(notify_.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0) return;
-    // Close any fds passed along (FDSTORE) so they do not leak into the test.
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (std::size_t i = 0; i < count; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-          ::close(fd);
-        }
-      }
-    }
-    std::string text(buf, static_cast<std::size_t>(n));
-    while (!text.empty() && text.back() == '\n') text.pop_back();
-    messages_.push_back(std::move(text));
-  }
-}
-
-const std::vector<std::string>& Daemon::notifications() {
-  drain_notify(0ms);
-  return messages_;
+std::vector<std::string> Daemon::notifications() {
+  notify_.flush();
+  std::vector<std::string> texts;
+  for (const Notice& n : notify_.snapshot()) texts.push_back(n.text);
+  return texts;
 }
 
 bool Daemon::saw_notify(std::string_view line) {
-  drain_notify(0ms);
-  for (const auto& m : messages_)
-    for (const auto& l : split_lines(m))
-      if (l == line) return true;
-  return false;
+  notify_.flush();
+  return notify_.wait_line(line, 0, 0ms).has_value();
 }
 
 bool Daemon::wait_notify(std::string_view line, Millis timeout) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (saw_notify(line)) return true;
-    if (Clock::now() >= deadline) return false;
-    drain_notify(Millis(std::min(remaining_ms(deadline), 100)));
-  }
+  return notify_.wait_line(line, 0, timeout).has_value();
 }
 
-::testing::AssertionResult Daemon::signal(int signo) {
-  if (pid_ <= 0 || exit_code_) return ::testing::AssertionFailure() << "daemon not running";
-  if (::kill(pid_, signo) != 0) return ::testing::AssertionFailure() << "kill: " << std::strerror(errno);
+Daemon::Restart Daemon::hot_restart(Millis timeout, pid_t target) {
+  Restart r;
+  const pid_t old = main_pid_;
+  const std::size_t from = notify_.size();
+  r.reloading_index = from;
+  auto started = Clock::now();
+  if (::kill(target > 0 ? target : old, SIGHUP) != 0) {
+    r.status = std::string("kill: ") + std::strerror(errno);
+    return r;
+  }
+  const bool supervise = options_.supervise;
+  auto is_failure = [](const Notice& n) {
+    auto status = n.value("STATUS");
+    return n.has("READY=1") && status && status->rfind("reload failed", 0) == 0;
+  };
+  auto is_success = [old, supervise, is_failure](const Notice& n) {
+    if (!n.has("READY=1") || is_failure(n)) return false;
+    auto mainpid = n.value("MAINPID");
+    if (supervise) return true;
+    return mainpid && std::stol(*mainpid) != old;
+  };
+  auto index = notify_.wait_for([&](const Notice& n) { return is_success(n) || is_failure(n); }, from, timeout);
+  r.took = std::chrono::duration_cast<Millis>(Clock::now() - started);
+  if (auto reloading = notify_.wait_line("RELOADING=1", from, 0ms)) r.reloading_index = *reloading;
+  if (!index) {
+    r.status = "no outcome within " + std::to_string(timeout.count()) + " ms";
+    r.pid = main_pid_;
+    return r;
+  }
+  const Notice& n = notify_.at(*index);
+  r.status = n.value("STATUS").value_or("");
+  if (is_success(n)) {
+    r.ok = true;
+    if (!supervise) {
+      main_pid_ = static_cast<pid_t>(std::stol(*n.value("MAINPID")));
+      main_pids_.push_back(main_pid_);
+    }
+    if (options_.bound_addresses) reload_addresses();
+  } else {
+    r.failed = true;
+  }
+  r.pid = main_pid_;
+  return r;
+}
+
+::testing::AssertionResult Daemon::signal(int signo, pid_t target) {
+  pid_t pid = target > 0 ? target : main_pid_;
+  if (pid <= 0) return ::testing::AssertionFailure() << "no main pid";
+  if (::kill(pid, signo) != 0) return ::testing::AssertionFailure() << "kill " << pid << ": " << std::strerror(errno);
   return ::testing::AssertionSuccess();
 }
 
 std::optional<int> Daemon::wait_exit(Millis timeout) {
-  if (exit_code_) return exit_code_;
-  if (pid_ <= 0) return std::nullopt;
-  exit_code_ = reap(pid_, pidfd_.get(), timeout);
-  drain_notify(0ms);
-  return exit_code_;
+  if (first_exit_) return first_exit_;
+  if (first_pid_ <= 0) return std::nullopt;
+  first_exit_ = reap(first_pid_, pidfd_.get(), timeout);
+  // Everything it sent is queued on the socket by now.
+  notify_.flush();
+  return first_exit_;
+}
+
+Gone Daemon::wait_main_exit(Millis timeout) {
+  if (main_pid_ == first_pid_) {
+    Gone g;
+    g.exit_code = wait_exit(timeout);
+    g.gone = g.exit_code.has_value();
+    return g;
+  }
+  auto deadline = Clock::now() + timeout;
+  Gone g = wait_gone(main_pid_, timeout);
+  // A zombie whose parent still lives: wait for the reparenting so we learn the status.
+  while (g.gone && !g.exit_code && process_state(main_pid_) == 'Z' && Clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+    g = wait_gone(main_pid_, 0ms);
+  }
+  return g;
 }
 
 std::string Daemon::log() const { return read_file(log_path_); }
@@ -670,6 +999,43 @@ bool is_open_and_quiet(int fd) {
   return ::poll(&p, 1, 0) == 0;
 }
 
+bool read_by_peer(int fd) {
+  int unsent = 0;
+  if (::ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return false;
+  sockaddr_storage ours{}, theirs{};
+  socklen_t ours_len = sizeof ours, theirs_len = sizeof theirs;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ours), &ours_len) != 0 ||
+      ::getpeername(fd, reinterpret_cast<sockaddr*>(&theirs), &theirs_len) != 0)
+    return false;
+  // As /proc/net/tcp prints an address: the 32-bit words of the address bytes as
+  // integers ("%08X" each), then the port ("%04X").
+  auto text = [](const sockaddr_storage& a) {
+    char out[64];
+    if (a.ss_family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+      std::snprintf(out, sizeof out, "%08X:%04X", in->sin_addr.s_addr, ntohs(in->sin_port));
+    } else {
+      const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a);
+      std::uint32_t w[4];
+      std::memcpy(w, &in6->sin6_addr, sizeof w);
+      std::snprintf(out, sizeof out, "%08X%08X%08X%08X:%04X", w[0], w[1], w[2], w[3], ntohs(in6->sin6_port));
+    }
+    return std::string(out);
+  };
+  const std::string local = text(theirs), remote = text(ours);  // as the peer's socket sees them
+  std::istringstream table(read_file(ours.ss_family == AF_INET ? "/proc/thread-self/net/tcp"
+                                                                  : "/proc/thread-self/net/tcp6"));
+  std::string line;
+  while (std::getline(table, line)) {
+    std::istringstream fields(line);
+    std::string slot, l, r, state, queues;
+    if (!(fields >> slot >> l >> r >> state >> queues) || l != local || r != remote) continue;
+    auto colon = queues.find(':');
+    return colon != std::string::npos && std::strtoul(queues.c_str() + colon + 1, nullptr, 16) == 0;
+  }
+  return false;
+}
+
 ::testing::AssertionResult echo_line(int fd, std::string_view line, Millis timeout) {
   if (auto r = send_all(fd, line, timeout); !r) return r;
   std::string got = recv_exact(fd, line.size(), timeout);
@@ -849,6 +1215,40 @@ std::size_t open_fds(pid_t pid) {
   }
   ::closedir(d);
   return n;
+}
+
+bool holds_socket(pid_t pid, int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return false;
+  const std::string target = "socket:[" + std::to_string(st.st_ino) + "]";
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char link[64];
+    const ssize_t n = ::readlink((dir + "/" + e->d_name).c_str(), link, sizeof link);
+    if (n > 0 && std::string_view(link, static_cast<std::size_t>(n)) == target) found = true;
+  }
+  ::closedir(d);
+  return found;
+}
+
+bool stopped(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool any = false;
+  bool all = true;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    any = true;
+    const char state = state_of(read_stat(dir + "/" + e->d_name + "/stat"));
+    if (state != 'T' && state != 't') all = false;
+  }
+  ::closedir(d);
+  return any && all;
 }
 
 std::optional<double> fetch_metric(const std::string& admin, std::string_view name, const Labels& labels) {

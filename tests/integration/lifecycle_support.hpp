@@ -1,9 +1,7 @@
 // Support for the lifecycle tests (hot restart, drain, supervisor, socket activation,
-// binary upgrade): a daemon runner that follows the service across successors (MAINPID),
-// a notify socket that keeps every message with its sender pid and passed fds, and load
-// generators that classify every request outcome. Builds on harness.hpp; does not
-// change it. The runner makes the test process a child subreaper while a daemon runs,
-// so successors whose parent exited are reparented to (and reaped by) the test.
+// binary upgrade): the runner's lifecycle defaults (ServiceUnderTest), a config with one
+// listener of each kind, and load generators that classify every request outcome. The
+// runner and the notify socket themselves are harness.hpp's.
 #pragma once
 
 #include <sys/types.h>
@@ -26,165 +24,30 @@
 
 namespace echorelay::test {
 
-// One datagram received on the test's NOTIFY_SOCKET.
-struct Notice {
-  std::string text;           // as sent, trailing newlines removed
-  pid_t sender = 0;           // from SCM_CREDENTIALS
-  std::vector<Fd> fds;        // from SCM_RIGHTS (FDSTORE=1), owned by the test
-  Clock::time_point at{};
-
-  bool has(std::string_view line) const;                        // exact line present
-  std::optional<std::string> value(std::string_view key) const;  // "KEY=value" -> value
-};
-
-// A test-owned AF_UNIX datagram socket with SO_PASSCRED: the service's NOTIFY_SOCKET.
-// Keeps FDSTORE fds like systemd's fd store, honouring FDSTOREREMOVE=1 by name.
-// A thread reads it all the time, as systemd does: a datagram socket queues only
-// net.unix.max_dgram_qlen messages (10 here), and a service whose sd_notify() finds
-// the queue full blocks until somebody reads, which no real service manager makes it do.
-// Notices are never removed, so references from at() stay valid.
-class NotifySocket {
- public:
-  explicit NotifySocket(std::string path);
-  ~NotifySocket();
-  NotifySocket(const NotifySocket&) = delete;
-  NotifySocket& operator=(const NotifySocket&) = delete;
-  const std::string& path() const { return path_; }
-  bool valid() const { return fd_.valid(); }
-
-  std::size_t size() const;
-  const Notice& at(std::size_t i) const;
-  // Every notice received so far.
-  std::vector<std::reference_wrapper<const Notice>> snapshot() const;
-
-  // Index of the first message at or after `from` matching `pred`, waiting up to `timeout`.
-  std::optional<std::size_t> wait_for(const std::function<bool(const Notice&)>& pred, std::size_t from,
-                                      Millis timeout);
-  // Convenience: first message at or after `from` holding the exact line.
-  std::optional<std::size_t> wait_line(std::string_view line, std::size_t from, Millis timeout);
-  // Closes every fd received (as systemd flushes the fd store when the service stops).
-  // Until then the test holds the stored listening sockets open, like systemd does.
-  void release_fds();
-  // Every message as "[pid] text", for failure output.
-  std::string dump() const;
-
- private:
-  void read_loop();
-  void receive_queued();
-
-  std::string path_;
-  Fd fd_;
-  Fd wake_;  // eventfd: ends read_loop
-  mutable std::mutex mutex_;
-  std::condition_variable arrived_;
-  std::deque<Notice> messages_;
-  std::thread reader_;
-};
-
 // Two workers, drain and restart timeouts of 5 s, an admin endpoint and three
 // listeners: "tcp" and "udp" on 127.0.0.1, "unix" at `unix_path`.
 std::string tcp_unix_udp_config(const std::string& unix_path);
 
-// How a process we watched ended.
-struct Gone {
-  bool gone = false;              // no longer running (exited and reaped, or a zombie)
-  std::optional<int> exit_code;   // known when the test reaped it (128 + signal if killed)
+// The runner with the lifecycle tests' defaults: info logging (a restart storm at debug
+// would mostly measure the log), and the fd store kept as systemd keeps it. Nothing else:
+// the process handling is Daemon's.
+struct ServiceOptions : Daemon::Options {
+  ServiceOptions() {
+    log_level = "info";
+    keep_stored_fds = true;
+  }
 };
 
-// Waits until `pid` has exited. Reaps it when it is our child (directly or by the
-// subreaper rule); a zombie of someone else counts as exited.
-Gone wait_gone(pid_t pid, Millis timeout);
-// 'R', 'S', 'Z', ... from /proc/PID/stat, or 0 when there is no such process.
-char process_state(pid_t pid);
-pid_t parent_of(pid_t pid);
-// Every process whose parent is `parent` (zombies included), from /proc.
-std::vector<pid_t> children_of(pid_t parent);
-
-// The real daemon followed across hot restarts. Writes its config into its own temp
-// dir, owns the NOTIFY_SOCKET, knows the current main pid (from MAINPID= messages)
-// and every pid that ever was main. The destructor SIGKILLs, by pid, every known
-// process of this service that still runs, and reaps them.
-class ServiceUnderTest {
+class ServiceUnderTest : public Daemon {
  public:
-  struct Options {
-    std::string binary = ECHORELAYD_PATH;   // the path exec'ed (a copy for upgrade tests)
-    std::vector<std::string> prefix;        // e.g. systemd-socket-activate and its flags
-    std::vector<std::string> extra_args;    // after the daemon's own arguments
-    std::vector<std::string> env;           // "K=V" added to the environment
-    bool notify_in_env = true;              // false when `prefix` passes NOTIFY_SOCKET itself
-    bool bound_addresses = true;            // pass --bound-addresses-file
-    std::string log_level = "info";
-    // --supervise: the first process stays the service's pid; outcomes are read from
-    // the READY/STATUS it relays (it does not relay MAINPID).
-    bool supervise = false;
-    // Called once right after the spawn, before waiting for READY=1 (e.g. to make the
-    // first connection that socket activation waits for).
-    std::function<void()> after_spawn;
-  };
-
-  explicit ServiceUnderTest(std::string toml);
-  ServiceUnderTest(std::string toml, Options options);
-  ~ServiceUnderTest();
-  ServiceUnderTest(const ServiceUnderTest&) = delete;
-  ServiceUnderTest& operator=(const ServiceUnderTest&) = delete;
-
-  const TempDir& dir() const { return dir_; }
-  const std::string& config_path() const { return config_path_; }
-  const std::string& notify_path() const { return notify_.path(); }
-  const std::string& bound_path() const { return bound_path_; }
-  NotifySocket& notify() { return notify_; }
-  Options& options() { return options_; }  // may be changed before start()
-
-  // Spawns and waits for READY=1 with MAINPID (or exit). Reads the bound addresses.
-  ::testing::AssertionResult start(Millis timeout = kReadyTimeout);
-  // Rewrites the config file atomically (temp + rename), as an operator's deploy would.
-  void write_config(const std::string& toml);
-
-  pid_t first_pid() const { return first_pid_; }  // the process the test spawned
-  pid_t main_pid() const { return main_pid_; }    // the current MAINPID
-  const std::vector<pid_t>& main_pids() const { return main_pids_; }
-
-  struct Restart {
-    bool ok = false;           // a new MAINPID reported READY=1
-    bool failed = false;       // the old process reported "reload failed"
-    pid_t pid = 0;             // the main pid afterwards
-    std::string status;        // STATUS= of the deciding message
-    Millis took{0};
-    std::size_t reloading_index = 0;  // index of RELOADING=1 (or size at SIGHUP)
-  };
-  // SIGHUP to `target` (default: the main pid), then waits for the outcome: a READY=1
-  // that is not "reload failed" (with a new MAINPID unless supervised), or a failure.
-  Restart hot_restart(Millis timeout = 15000ms, pid_t target = 0);
-
-  ::testing::AssertionResult signal(int signo, pid_t target = 0);
-  // Exit status of the first process (our direct child); nullopt on timeout.
-  std::optional<int> wait_first_exit(Millis timeout = kExitTimeout);
-  // Exit status of the current main process (which may not be our child until its
-  // parent exited); nullopt if it did not exit or the status is unknown.
-  Gone wait_main_exit(Millis timeout = kExitTimeout);
-
-  bool reload_addresses(std::string* error = nullptr);
-  std::string address(const std::string& name) const;
-  bool has_address(const std::string& name) const { return addresses_.count(name) != 0; }
-  std::string admin() const { return has_address("admin") ? address("admin") : std::string(); }
-
-  std::string log() const;
-
- private:
-  TempDir dir_;
-  Options options_;
-  std::string config_path_;
-  std::string log_path_;
-  std::string bound_path_;
-  NotifySocket notify_;
-  Fd pidfd_;
-  pid_t first_pid_ = -1;
-  pid_t main_pid_ = -1;
-  std::optional<int> first_exit_;
-  std::vector<pid_t> main_pids_;
-  std::map<std::string, std::string> addresses_;
-  bool was_subreaper_ = false;
+  using Options = ServiceOptions;
+  explicit ServiceUnderTest(std::string toml) : Daemon(std::move(toml), Options{}) {}
+  ServiceUnderTest(std::string toml, Options options) : Daemon(std::move(toml), std::move(options)) {}
 };
+
+// Options that run the service from a copy of echorelayd in `bin_dir`
+// (options.binary), which a test may then replace on disk or make unexecutable.
+ServiceOptions from_copied_binary(const TempDir& bin_dir);
 
 // ---- load generators ----
 

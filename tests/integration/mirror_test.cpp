@@ -293,7 +293,7 @@ TEST(Mirror, EveryDatagramReachesEveryCollectorAndSampleTakesExactlyOneInN) {
   EXPECT_TRUE(a.wait_for(kN)) << a.count();
   EXPECT_TRUE(b.wait_for(kN)) << b.count();
   EXPECT_TRUE(c.wait_for(kN / 10)) << c.count();
-  std::this_thread::sleep_for(200ms);  // anything extra would have arrived by now
+  std::this_thread::sleep_for(200ms);  // the observation window: anything extra would have arrived by now
   EXPECT_EQ(a.count(), kN);
   EXPECT_EQ(b.count(), kN);
   EXPECT_EQ(c.count(), kN / 10);
@@ -347,7 +347,7 @@ TEST(Mirror, SampleIsExactAcrossWorkersAndSockets) {
   ASSERT_TRUE(send_windowed(fds, kN, {&all}, 64));
   ASSERT_TRUE(all.wait_for(kN)) << all.count();
   ASSERT_TRUE(sampled.wait_for(kN / 10)) << sampled.count();
-  std::this_thread::sleep_for(200ms);
+  std::this_thread::sleep_for(200ms);  // the observation window: anything extra would have arrived by now
   EXPECT_TRUE(exactly(all.copies(), range(kN)));
   EXPECT_EQ(sampled.count(), kN / 10) << "sample = 10 over two workers";
   std::set<std::uint32_t> taken;
@@ -408,7 +408,7 @@ rate_limit = 0
   ASSERT_TRUE(send_windowed(sender.get(), kN, {&a}, 32));
   ASSERT_TRUE(a.wait_for(kN)) << a.count();
   ASSERT_TRUE(b.wait_for(kN / 2)) << b.count();
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(100ms);  // the observation window: anything extra would have arrived by now
   EXPECT_TRUE(exactly(a.copies(), range(kN)));
   EXPECT_TRUE(exactly(b.copies(), range(kN, 2))) << "sample = 2 on a multicast mirror";
   EXPECT_TRUE(run_in_netns(ns.name(), [&] {
@@ -476,7 +476,7 @@ rate_limit = 0
   EXPECT_TRUE(wait_metric(admin, "echorelay_refused_total", reason("netflow", "source_not_allowed"), kEach));
   EXPECT_TRUE(wait_metric(admin, "echorelay_datagrams_received_total", {{"listener", "netflow"}}, 2 * kEach))
       << "every datagram in is counted, admitted or not";
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(100ms);  // the observation window: a denied copy would have arrived by now
   EXPECT_EQ(col.count(), kEach);
   EXPECT_TRUE(exactly(col.copies(), range(kEach), "allow")) << "only 127.0.0.2's datagrams are mirrored";
   EXPECT_TRUE(wait_metric(admin, "echorelay_mirror_datagrams_sent_total", up("netflow", col.address()), kEach));
@@ -579,7 +579,7 @@ TEST(FaultMirror, BlackholedAndClosedCollectorsDoNotSlowTheOneThatReads) {
 // arrives.
 TEST(FaultMirror, SlowLinkBackPressureIsCountedAsUpstreamBusy) {
   VethNamespaces ns;
-  REQUIRE_VETH_NAMESPACES(ns);
+  REQUIRE_NETNS(ns);
   ASSERT_TRUE(ns.shape("8mbit", "16mb"));
   const std::string d = ns.daemon_side();
   Collector fast("127.0.0.1:0", kBigBuffer, true, d);
@@ -656,7 +656,9 @@ TEST(MirrorStorm, HotRestartsDuringAStreamLoseNoDatagram) {
   });
   std::vector<pid_t> old_pids;
   std::vector<long> took;
-  std::this_thread::sleep_for(500ms);
+  // The stream flows through the daemon (half a second of it) before the first restart.
+  // EXPECT, not ASSERT: the sender thread must be joined.
+  EXPECT_TRUE(col.wait_for(1000)) << col.count();
   for (int r = 0; r < kRestarts; ++r) {
     const pid_t old = svc.main_pid();
     auto res = svc.hot_restart(10000ms);
@@ -668,12 +670,12 @@ TEST(MirrorStorm, HotRestartsDuringAStreamLoseNoDatagram) {
     EXPECT_EQ(svc.address("netflow"), target) << "the listener keeps its port";
     old_pids.push_back(old);
     took.push_back(res.took.count());
-    std::this_thread::sleep_for(700ms);
+    std::this_thread::sleep_for(700ms);  // pacing: the restarts spread over the stream
   }
   sender.join();
   ASSERT_FALSE(send_failed.load());
   const bool all = col.wait_for(kN, 10000ms);
-  std::this_thread::sleep_for(200ms);
+  std::this_thread::sleep_for(200ms);  // the observation window: a duplicate would have arrived by now
   EXPECT_TRUE(all) << col.count() << " of " << kN << " datagrams reached the collector";
   EXPECT_EQ(col.count(), kN);
   EXPECT_TRUE(exactly(col.copies(), range(kN))) << "across " << old_pids.size() << " hot restarts";
@@ -694,7 +696,7 @@ TEST(MirrorStorm, HotRestartsDuringAStreamLoseNoDatagram) {
 // from the exporter's address and port, payload intact; without it, from the daemon.
 void preserve_source_case(bool preserve) {
   VethNamespaces ns;
-  REQUIRE_VETH_NAMESPACES(ns);
+  REQUIRE_NETNS(ns);
   const std::string d = ns.daemon_side();
   Collector col(std::string(VethNamespaces::kDaemonIp) + ":0", kBigBuffer, true, d);
   ASSERT_TRUE(col.ok());
@@ -786,7 +788,8 @@ TEST(Mirror, ACollectorNamedByHostIsResolvedAndAChangedRecordIsFollowed) {
   ASSERT_TRUE(followed) << "copies still go to the old address " << since_change() << " s after the change";
   std::cerr << "changed record followed after " << since_change() << " s\n";
 
-  // Settled: the next datagrams all reach the new address and none the old one.
+  // Settled: the next datagrams all reach the new address and none the old one (after
+  // 100 ms in which copies already on their way to the old one land).
   std::this_thread::sleep_for(100ms);
   const std::size_t old_count = first.count();
   const std::size_t new_count = second.count();

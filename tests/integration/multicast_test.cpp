@@ -3,78 +3,19 @@
 // creates so no multicast can reach a real NIC; without privileges for that it falls back
 // to the host `lo` with IP_MULTICAST_IF=127.0.0.1 and TTL 1 (the machine's safety rule).
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <iostream>
 #include <random>
-#include <thread>
 
 #include "harness.hpp"
+#include "netns.hpp"
 
 namespace echorelay::test {
 namespace {
-
-// A network namespace holding only `lo`, up, with a route for the multicast range so a
-// join without an explicit interface also works. Deleted in the destructor.
-class NetNs {
- public:
-  NetNs() : name_(unique_name("erl-it")) {
-    auto add = run_process({"/usr/sbin/ip", "netns", "add", name_});
-    if (add.exit_code != 0) {
-      error_ = "ip netns add: " + add.output;
-      return;
-    }
-    created_ = true;
-    for (std::vector<std::string> cmd : {std::vector<std::string>{"/usr/sbin/ip", "-n", name_, "link", "set", "lo", "up"},
-                                         std::vector<std::string>{"/usr/sbin/ip", "-n", name_, "route", "add",
-                                                                  "224.0.0.0/4", "dev", "lo"}}) {
-      auto r = run_process(cmd);
-      if (r.exit_code != 0) {
-        error_ = "ip -n: " + r.output;
-        return;
-      }
-    }
-    ok_ = true;
-  }
-  ~NetNs() {
-    if (created_) run_process({"/usr/sbin/ip", "netns", "del", name_});
-  }
-  NetNs(const NetNs&) = delete;
-  NetNs& operator=(const NetNs&) = delete;
-
-  bool ok() const { return ok_; }
-  const std::string& name() const { return name_; }
-  const std::string& error() const { return error_; }
-
-  // A UDP socket created inside the namespace. setns() changes only the calling thread,
-  // so a short-lived thread enters the namespace; the socket stays bound to it.
-  Fd udp_socket() const {
-    int fd = -1;
-    std::string err;
-    std::thread t([&] {
-      Fd ns(::open(("/var/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!ns || ::setns(ns.get(), CLONE_NEWNET) != 0) {
-        err = std::string("setns: ") + std::strerror(errno);
-        return;
-      }
-      fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    });
-    t.join();
-    if (!err.empty()) ADD_FAILURE() << err;
-    return Fd(fd);
-  }
-
- private:
-  std::string name_;
-  std::string error_;
-  bool created_ = false;
-  bool ok_ = false;
-};
 
 // 239.255.x.y with x.y from the pid, so parallel test processes on the host fallback
 // do not hear each other.
@@ -132,7 +73,7 @@ void expect_group_echo(int fd, const std::string& group_address) {
 
 TEST(Multicast, GroupDatagramIsEchoedByUnicastToSender) {
   std::string group = random_group();
-  NetNs ns;
+  NetNs ns(NetNs::Options{"erl-it", /*multicast_route=*/true});
   if (ns.ok()) {
     Daemon::Options options;
     options.netns = ns.name();
@@ -142,7 +83,7 @@ TEST(Multicast, GroupDatagramIsEchoedByUnicastToSender) {
     std::string address = daemon.address("mc");
     ASSERT_EQ(address.rfind(group + ":", 0), 0u) << address;
     ASSERT_NE(daemon.port("mc"), 0);
-    Fd s = ns.udp_socket();
+    Fd s = ns.run([] { return Fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)); });
     ASSERT_TRUE(s);
     expect_group_echo(s.get(), address);
     return;

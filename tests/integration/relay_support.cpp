@@ -10,12 +10,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,23 +25,10 @@
 #include <random>
 #include <sstream>
 
-extern char** environ;
 
 namespace echorelay::test {
 
 namespace {
-
-::testing::AssertionResult ip(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/usr/sbin/ip"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto r = run_process(argv);
-  if (r.exit_code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    return ::testing::AssertionFailure() << cmd << "failed: " << r.output;
-  }
-  return ::testing::AssertionSuccess();
-}
 
 void make_pipe(Fd& read_end, Fd& write_end) {
   int fds[2];
@@ -81,135 +65,35 @@ bool stream_sockaddr(const std::string& address, sockaddr_storage* ss, socklen_t
   return *len != 0;
 }
 
-int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
-
 }  // namespace
 
 // ---- namespaces ----
 
-bool enter_netns(const std::string& name) {
-  Fd ns(::open(("/var/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-  return ns && ::setns(ns.get(), CLONE_NEWNET) == 0;
-}
-
-RelayNetNs::RelayNetNs() : name_(unique_name("erl-relay")) {
-  if (auto r = ip({"netns", "add", name_}); !r) {
-    error_ = r.message();
-    return;
-  }
-  created_ = true;
+RelayNetNs::RelayNetNs() : NetNs(Options{"erl-relay", /*multicast_route=*/true}) {
   // The kernel here has no dummy driver; a veth pair does the same job: v0 holds the
   // addresses, and permanent neighbour entries send packets for the "hosts" .1 to a MAC
   // nobody owns, so the peer end v1 drops them (PACKET_OTHERHOST). No ARP/NDP failure
   // can turn the silence into a fast EHOSTUNREACH.
   const std::string kNobody = "02:00:00:00:00:01";
-  const std::vector<std::vector<std::string>> steps = {
-      {"-n", name_, "link", "set", "lo", "up"},
-      {"-n", name_, "route", "add", "224.0.0.0/4", "dev", "lo"},
-      {"-n", name_, "link", "add", "v0", "type", "veth", "peer", "name", "v1"},
-      {"-n", name_, "addr", "add", "198.18.0.2/24", "dev", "v0"},
-      // nodad: a tentative address could not be a source, and connects would fail fast.
-      {"-n", name_, "-6", "addr", "add", "2001:db8::2/64", "dev", "v0", "nodad"},
-      {"-n", name_, "link", "set", "v1", "up"},
-      {"-n", name_, "link", "set", "v0", "up"},
-      {"-n", name_, "neigh", "add", kBlackhole4, "lladdr", kNobody, "dev", "v0", "nud", "permanent"},
-      {"-n", name_, "-6", "neigh", "add", kBlackhole6, "lladdr", kNobody, "dev", "v0", "nud", "permanent"},
-  };
-  for (const auto& step : steps) {
-    if (auto r = ip(step); !r) {
-      error_ = r.message();
-      return;
-    }
-  }
-  ok_ = true;
+  veth("v0", "v1").address("v0", "198.18.0.2/24").address("v0", "2001:db8::2/64");
+  ip({"neigh", "add", kBlackhole4, "lladdr", kNobody, "dev", "v0", "nud", "permanent"});
+  ip({"-6", "neigh", "add", kBlackhole6, "lladdr", kNobody, "dev", "v0", "nud", "permanent"});
 }
 
-RelayNetNs::~RelayNetNs() {
-  if (created_) ip({"netns", "del", name_});
-}
-
-VethNamespaces::VethNamespaces() : daemon_(unique_name("erl-vethd")), peer_(unique_name("erl-vethp")) {
-  for (const auto* n : {&daemon_, &peer_}) {
-    if (auto r = ip_command({"netns", "add", *n}); r.exit_code != 0) {
-      error_ = "ip netns add " + *n + ": " + r.output;
-      return;
-    }
-    created_.push_back(*n);
-  }
-  const std::vector<std::vector<std::string>> steps = {
-      {"-n", daemon_, "link", "set", "lo", "up"},
-      {"-n", peer_, "link", "set", "lo", "up"},
-      {"-n", daemon_, "link", "add", "mq0", "type", "veth", "peer", "name", "mq1", "netns", peer_},
-      {"-n", daemon_, "addr", "add", std::string(kDaemonIp) + "/24", "dev", "mq0"},
-      {"-n", peer_, "addr", "add", std::string(kPeerIp) + "/24", "dev", "mq1"},
-      {"-n", daemon_, "link", "set", "mq0", "up"},
-      {"-n", peer_, "link", "set", "mq1", "up"},
-  };
-  for (const auto& step : steps) {
-    if (auto r = ip_command(step); r.exit_code != 0) {
-      error_ = "ip";
-      for (const auto& s : step) error_ += " " + s;
-      error_ += ": " + r.output;
-      return;
-    }
-  }
-  ok_ = true;
-}
-
-VethNamespaces::~VethNamespaces() {
-  for (const auto& n : created_) ip_command({"netns", "del", n});
-}
-
-::testing::AssertionResult VethNamespaces::shape(const std::string& rate, const std::string& limit) {
-  auto r = run_process({"/usr/sbin/tc", "-n", daemon_, "qdisc", "add", "dev", "mq0", "root", "tbf", "rate", rate,
-                        "burst", "16kb", "limit", limit});
-  if (r.exit_code != 0) return ::testing::AssertionFailure() << "tc qdisc add: " << r.output;
-  return ::testing::AssertionSuccess();
-}
-
-double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels,
-                 double fallback) {
-  return run_in_netns(netns, [&] { return metric_or(admin, name, labels, fallback); });
-}
-
-::testing::AssertionResult wait_metric_in(const std::string& netns, const std::string& admin, std::string_view name,
-                                          const Labels& labels, double expected, Millis timeout) {
-  return run_in_netns(netns, [&] { return wait_metric(admin, name, labels, expected, timeout); });
+VethNamespaces::VethNamespaces() : peer_(NetNs::Options{"erl-vethp"}), daemon_(NetNs::Options{"erl-vethd"}) {
+  daemon_.veth("mq0", "mq1", peer_).address("mq0", std::string(kDaemonIp) + "/24");
+  peer_.address("mq1", std::string(kPeerIp) + "/24");
 }
 
 // ---- ChildProcess ----
 
 ::testing::AssertionResult ChildProcess::start(const std::vector<std::string>& argv, const std::string& log_path,
                                                const std::string& netns) {
-  std::vector<std::string> args = argv;
-  std::vector<char*> argp;
-  for (auto& a : args) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  Fd out(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  Fd ns;
-  if (!netns.empty()) ns.reset(::open(("/var/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!out || !null || (!netns.empty() && !ns))
-    return ::testing::AssertionFailure() << "open for spawn: " << std::strerror(errno);
-  pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) return ::testing::AssertionFailure() << "fork: " << std::strerror(errno);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    if (ns && ::setns(ns.get(), CLONE_NEWNET) != 0) ::_exit(126);
-    ::dup2(null.get(), 0);
-    ::dup2(out.get(), 1);
-    ::dup2(out.get(), 2);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execve(argp[0], argp.data(), environ);
-    ::_exit(127);
-  }
-  pid_ = pid;
+  Spawned child = spawn_process(argv, {}, log_path, netns);
+  if (child.pid < 0) return ::testing::AssertionFailure() << "spawn " << argv.front() << ": " << std::strerror(child.error);
+  pid_ = child.pid;
   reaped_ = false;
-  pidfd_.reset(pidfd_open(pid));
+  pidfd_ = std::move(child.pidfd);
   return ::testing::AssertionSuccess();
 }
 

@@ -1,6 +1,7 @@
 // Helpers for the relay integration tests: scripted upstreams that run in threads of
 // the test (stream: echo, silent, reset, bulk sender, send-then-half-close; datagram:
-// echo + record), a network namespace with an unanswered ("blackholed") route, a real
+// echo + record), NetNs set-ups with an unanswered ("blackholed") route and with a
+// slow link between two namespaces, a real
 // dnsmasq on a loopback port with a tiny DNS client to know when it answers, and the
 // daemon's RSS. Does not own the daemon runner (harness.hpp) and links no daemon code.
 #pragma once
@@ -18,101 +19,48 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "netns.hpp"
 
 namespace echorelay::test {
 
 // ---- network namespaces ----
 
-// setns() of the calling thread into /var/run/netns/NAME; false (errno set) on failure.
-bool enter_netns(const std::string& name);
-
-// Runs `f` on a short-lived thread that entered `netns` (setns changes only the calling
-// thread), so sockets `f` creates live there; an empty name means this namespace.
-template <class F>
-auto run_in_netns(const std::string& netns, F&& f) -> std::invoke_result_t<F&> {
-  using R = std::invoke_result_t<F&>;
-  if (netns.empty()) return f();
-  std::packaged_task<R()> task(std::forward<F>(f));
-  auto result = task.get_future();
-  std::thread t([&] {
-    if (!enter_netns(netns)) ADD_FAILURE() << "setns into " << netns << " failed";
-    task();
-  });
-  t.join();
-  return result.get();
-}
-
-// A network namespace named unique_name("erl-relay"), `lo` up (IPv4 + ::1), a route for
-// the multicast range on lo, and a veth pair v0/v1 with 198.18.0.2/24 and 2001:db8::2/64
-// on v0: packets to 198.18.0.1 / 2001:db8::1 go out of v0 to a MAC nobody owns (static
-// neighbour entries) and vanish, so a SYN to them is never answered and a connect hangs
-// (no fast "unreachable"). Deleted (by name) in the destructor.
-class RelayNetNs {
+// A NetNs with a route for the multicast range on lo and a veth pair v0/v1 with
+// 198.18.0.2/24 and 2001:db8::2/64 on v0: packets to 198.18.0.1 / 2001:db8::1 go out of
+// v0 to a MAC nobody owns (static neighbour entries) and vanish, so a SYN to them is
+// never answered and a connect hangs (no fast "unreachable").
+class RelayNetNs : public NetNs {
  public:
   static constexpr const char* kBlackhole4 = "198.18.0.1";
   static constexpr const char* kBlackhole6 = "2001:db8::1";
 
   RelayNetNs();
-  ~RelayNetNs();
-  RelayNetNs(const RelayNetNs&) = delete;
-  RelayNetNs& operator=(const RelayNetNs&) = delete;
-
-  bool ok() const { return ok_; }
-  const std::string& name() const { return name_; }
-  const std::string& error() const { return error_; }
-
-  // Runs `f` on a short-lived thread that entered the namespace (setns changes only the
-  // calling thread), so sockets `f` creates live in the namespace; returns f's result.
-  template <class F>
-  auto run(F&& f) const -> std::invoke_result_t<F&> {
-    return run_in_netns(name_, std::forward<F>(f));
-  }
-
- private:
-  std::string name_;
-  std::string error_;
-  bool created_ = false;
-  bool ok_ = false;
 };
 
-// Two network namespaces of the test's own, "daemon side" (mq0 = 198.18.0.1/24, lo up)
-// and "peer side" (mq1 = 198.18.0.2/24, lo up), joined by the veth pair mq0–mq1: a
-// link between the daemon and its clients or upstreams that shape() can slow down.
-// Nothing touches the test's own namespace; both are deleted (which deletes the pair)
-// in the destructor, so every exit path of a test cleans up.
+// Two NetNs, "daemon side" (mq0 = 198.18.0.1/24) and "peer side" (mq1 = 198.18.0.2/24),
+// joined by the veth pair mq0–mq1: a link between the daemon and its clients or
+// upstreams that shape() can slow down. Nothing touches the test's own namespace.
 class VethNamespaces {
  public:
   static constexpr const char* kDaemonIp = "198.18.0.1";
   static constexpr const char* kPeerIp = "198.18.0.2";
 
   VethNamespaces();
-  ~VethNamespaces();
-  VethNamespaces(const VethNamespaces&) = delete;
-  VethNamespaces& operator=(const VethNamespaces&) = delete;
 
-  bool ok() const { return ok_; }
-  const std::string& error() const { return error_; }
-  const std::string& daemon_side() const { return daemon_; }
-  const std::string& peer_side() const { return peer_; }
+  bool ok() const { return daemon_.ok() && peer_.ok(); }
+  const std::string& error() const { return daemon_.ok() ? peer_.error() : daemon_.error(); }
+  const std::string& daemon_side() const { return daemon_.name(); }
+  const std::string& peer_side() const { return peer_.name(); }
 
   // A token bucket on the daemon side's way out (mq0 → peer side): a slow link.
-  ::testing::AssertionResult shape(const std::string& rate, const std::string& limit);
+  ::testing::AssertionResult shape(const std::string& rate, const std::string& limit) {
+    return daemon_.shape("mq0", rate, limit);
+  }
 
  private:
-  std::string daemon_;
-  std::string peer_;
-  std::vector<std::string> created_;
-  std::string error_;
-  bool ok_ = false;
+  NetNs peer_;
+  NetNs daemon_;  // destroyed first: its end of the pair goes, and with it mq1
 };
-
-// metric_or and wait_metric for an admin endpoint inside `netns`.
-double metric_in(const std::string& netns, const std::string& admin, std::string_view name, const Labels& labels,
-                 double fallback = -1);
-::testing::AssertionResult wait_metric_in(const std::string& netns, const std::string& admin, std::string_view name,
-                                          const Labels& labels, double expected, Millis timeout = kIoTimeout);
-
-#define REQUIRE_VETH_NAMESPACES(ns) ASSERT_TRUE((ns).ok()) << "network namespaces: " << (ns).error()
 
 // ---- child processes other than the daemon ----
 

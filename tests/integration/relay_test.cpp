@@ -300,7 +300,7 @@ TEST_P(RelaySlowReader, MemoryStaysFlatWhileTheClientDoesNotRead) {
   auto until = Clock::now() + 2000ms;
   while (Clock::now() < until) {
     sample();
-    std::this_thread::sleep_for(50ms);
+    std::this_thread::sleep_for(50ms);  // the sampling interval of phase 1
   }
   // Phase 2: trickle, 16 KiB every 10 ms for 1 s. Phase 3: drain at full speed.
   std::uint64_t offset = 0;
@@ -315,7 +315,7 @@ TEST_P(RelaySlowReader, MemoryStaysFlatWhileTheClientDoesNotRead) {
     std::string chunk = recv_exact(c.get(), 16 * 1024, 1000ms);
     consume(chunk.data(), chunk.size());
     sample();
-    std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(10ms);  // the trickle of phase 2
   }
   std::vector<char> buf(1 << 20);
   auto deadline = Clock::now() + 60000ms;
@@ -456,7 +456,7 @@ TEST(Relay, IdleTimeoutClosesQuietSessionsOnly) {
         EXPECT_TRUE(expect_closed(quiet.get(), 1000ms));
       }
     } else {
-      std::this_thread::sleep_for(300ms);
+      std::this_thread::sleep_for(300ms);  // pacing: `busy` sends a line every 300 ms
     }
   }
   if (!quiet_closed) {
@@ -685,7 +685,6 @@ TEST(Relay, ThousandConcurrentConnectionsEachEchoALine) {
 // ---- unanswered connects (network namespace) ----
 
 // Skips nothing: a machine without netns support fails these tests with the reason.
-#define REQUIRE_NETNS(ns) ASSERT_TRUE((ns).ok()) << "network namespace: " << (ns).error()
 
 // Confirms that a connect to `address` from inside the namespace hangs (no answer)
 // rather than failing fast, which is what these tests rely on.

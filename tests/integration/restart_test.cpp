@@ -164,24 +164,7 @@ std::string failure_config(bool valid) {
   if (!valid) return "[daemon]\nrestart_timeout = \"4s\"\n[[listener]\nname = \"broken\n";
   // 4 s: long enough for a real successor to get ready under ASan on a loaded machine,
   // short enough for the hanging-binary case.
-  return R"(
-[daemon]
-restart_timeout = "4s"
-drain_timeout = "3s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+  return config_toml("restart_timeout = \"4s\"\ndrain_timeout = \"3s\"", {{"tcp", "tcp"}, {"udp", "udp"}});
 }
 
 // One failed restart: the old process reports it, counts it and serves on.
@@ -207,14 +190,6 @@ void expect_failed_restart(ServiceUnderTest& svc, int persistent_fd, pid_t pid, 
   EXPECT_EQ(udp_recv(u.get()), std::optional<std::string>("udp after failure"));
   // The failed successor was reaped: the old process has no child left.
   EXPECT_TRUE(wait_until([&] { return children_of(pid).empty(); }, 3000ms)) << "successor left running";
-}
-
-// Runs the service from a copy of the binary, which the test then replaces on disk.
-ServiceUnderTest::Options from_copied_binary(const TempDir& bin_dir) {
-  ServiceUnderTest::Options options;
-  options.binary = bin_dir.file("echorelayd");
-  EXPECT_TRUE(replace_file(ECHORELAYD_PATH, options.binary));
-  return options;
 }
 
 // A connection to the "tcp" listener that has been answered once.
@@ -247,7 +222,8 @@ TEST(RestartFailure, BadConfigFailingBinaryAndHangingBinaryKeepTheOldProcessServ
   ASSERT_TRUE(replace_with_script(binary, "#!/bin/sh\nexec sleep 600\n"));
   const std::size_t before = svc.notify().size();
   std::thread second_hup([&] {
-    std::this_thread::sleep_for(300ms);
+    // During the attempt: RELOADING=1 is sent as it begins.
+    (void)svc.notify().wait_line("RELOADING=1", before, 3000ms);
     ::kill(pid, SIGHUP);
   });
   const auto t0 = Clock::now();
@@ -380,7 +356,7 @@ TEST(RestartAbort, SigtermWhileTheSuccessorStartsStopsBothWithoutAReloadFailure)
   ASSERT_TRUE(svc.signal(SIGTERM));
   EXPECT_TRUE(expect_closed(idle.get())) << "the idle connection is drained";
   idle.reset();
-  EXPECT_EQ(svc.wait_first_exit(3000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(3000ms), std::optional<int>(0));
   EXPECT_LT(Clock::now() - t0, 2500ms) << "waited for the successor instead of stopping it";
   EXPECT_TRUE(wait_gone(successor, 1000ms).gone) << "successor left running";
   expect_stop_wins(svc.notify(), from, pid, successor);
@@ -423,8 +399,9 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
         },
         5000ms, 1ms))
         << "successor never opened its listeners";
-    // Frozen; had it reported ready already, the window was missed: try again.
-    std::this_thread::sleep_for(100ms);
+    // Frozen (every thread: it writes no more log); had it reported ready already, the
+    // window was missed: try again.
+    ASSERT_TRUE(wait_until([&] { return stopped(successor); }, 2000ms, 1ms)) << "SIGSTOP did not stop " << successor;
     const bool too_late = logged("echorelayd") || svc.log().find("handover done") != std::string::npos;
     if (too_late && attempt < 5) {
       ::kill(successor, SIGCONT);
@@ -442,7 +419,7 @@ TEST(RestartAbort, SigtermBeforeTheSuccessorIsReadyDrainsBothAndItNeverBecomesMa
     EXPECT_TRUE(expect_closed(busy.get()));
     busy.reset();
 
-    EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+    EXPECT_EQ(svc.wait_exit(6000ms), std::optional<int>(0));
     EXPECT_TRUE(logged("stop requested before this successor was ready")) << svc.log();
     EXPECT_NE(svc.log().find("hot restart abandoned: successor exited with status 0"), std::string::npos)
         << svc.log();
@@ -475,8 +452,9 @@ ServiceUnderTest::Options signal_while_starting(ServiceUnderTest*& svc, int sign
             },
             5000ms, 1ms))
       return;
-    std::this_thread::sleep_for(50ms);
-    in_window = svc->log().find(prefix + "echorelayd") == std::string::npos;
+    // Frozen, every thread: what it logged so far is in the file, and nothing more comes.
+    in_window = wait_until([&] { return stopped(pid); }, 2000ms, 1ms) &&
+                svc->log().find(prefix + "echorelayd") == std::string::npos;
     if (in_window) ::kill(pid, signo);
     ::kill(pid, SIGCONT);
   };
@@ -527,7 +505,7 @@ TEST(RestartAbort, SigtermBeforeReadyStopsWithoutReportingReady) {
     if (!in_window && attempt < 5) continue;
     ASSERT_TRUE(in_window) << "the process was ready before it could be stopped, 5 times";
     EXPECT_FALSE(started) << "reported ready after SIGTERM";
-    EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(0));
+    EXPECT_EQ(svc.wait_exit(5000ms), std::optional<int>(0));
     EXPECT_TRUE(svc.notify().wait_line("STOPPING=1", 0, 0ms)) << svc.notify().dump();
     EXPECT_FALSE(svc.notify().wait_line("READY=1", 0, 0ms)) << svc.notify().dump();
     EXPECT_FALSE(exists(unix_path)) << "socket file left behind";
@@ -555,7 +533,7 @@ TEST(PidFile, FollowsTheMainProcessAcrossAHotRestartAndGoesWithTheLast) {
   auto r = svc.hot_restart(10000ms);
   ASSERT_TRUE(r.ok) << r.status;
   EXPECT_EQ(pid_in_file(), std::to_string(r.pid));
-  EXPECT_EQ(svc.wait_first_exit(6000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(6000ms), std::optional<int>(0));
   EXPECT_EQ(pid_in_file(), std::to_string(r.pid)) << "the old process removed or rewrote its successor's pid file";
   ASSERT_TRUE(svc.signal(SIGTERM));
   EXPECT_TRUE(svc.wait_main_exit(6000ms).gone);

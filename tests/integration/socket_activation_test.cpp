@@ -21,29 +21,10 @@ namespace {
 constexpr const char* kSocketActivate = "/usr/bin/systemd-socket-activate";
 
 std::string activation_config(std::uint16_t port, const std::string& unix_path) {
-  return R"(
-[daemon]
-drain_timeout = "2s"
-restart_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "act-tcp"
-protocol = "tcp"
-address = "127.0.0.1:)" + std::to_string(port) + R"("
-
-[[listener]]
-name = "act-unix"
-protocol = "unix"
-address = ")" + unix_path + R"("
-
-[[listener]]
-name = "own-udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)";
+  return config_toml("drain_timeout = \"2s\"\nrestart_timeout = \"5s\"",
+                     {{"act-tcp", "tcp", "127.0.0.1:" + std::to_string(port)},
+                      {"act-unix", "unix", unix_path},
+                      {"own-udp", "udp"}});
 }
 
 bool exists(const std::string& path) {
@@ -155,7 +136,7 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
 
   // WATCHDOG_USEC=300000: WATCHDOG=1 about every 100 ms, from the service.
   const std::size_t watch_from = notify.size();
-  std::this_thread::sleep_for(1000ms);
+  std::this_thread::sleep_for(1000ms);  // the window the pets are counted in
   int pets = 0;
   for (std::size_t i = watch_from; i < notify.size(); ++i)
     if (notify.at(i).has("WATCHDOG=1") && notify.at(i).sender == pid) ++pets;
@@ -192,7 +173,7 @@ TEST(SocketActivation, AdoptsSocketsFromSystemdSocketActivateAndSpeaksTheNotifyP
   // A client closes on EOF; the old process then need not linger for our FIN.
   tcp.reset();
   unix_client.reset();
-  EXPECT_EQ(svc->wait_first_exit(10000ms), std::optional<int>(0));
+  EXPECT_EQ(svc->wait_exit(10000ms), std::optional<int>(0));
   // A watchdog tick already due when the successor's ready line arrived may still pet
   // once; after the old process took in the handover it says nothing more.
   int late_pets = 0;

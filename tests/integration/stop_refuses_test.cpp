@@ -23,14 +23,16 @@ namespace {
 // took, or nullopt if it was still accepted (or failed otherwise) at `timeout`.
 std::optional<Millis> until_refused(const std::string& address, Millis timeout, std::string* last) {
   const auto t0 = Clock::now();
-  while (Clock::now() - t0 < timeout) {
-    int err = 0;
-    Fd fd = try_connect(address, &err, 500ms);
-    if (!fd && err == ECONNREFUSED) return std::chrono::duration_cast<Millis>(Clock::now() - t0);
-    *last = fd ? "connected" : std::strerror(err);
-    std::this_thread::sleep_for(5ms);
-  }
-  return std::nullopt;
+  const bool refused = wait_until(
+      [&] {
+        int err = 0;
+        Fd fd = try_connect(address, &err, 500ms);
+        *last = fd ? "connected" : std::strerror(err);
+        return !fd && err == ECONNREFUSED;
+      },
+      timeout, 5ms);
+  if (!refused) return std::nullopt;
+  return std::chrono::duration_cast<Millis>(Clock::now() - t0);
 }
 
 std::optional<Millis> until_datagram_refused(const std::string& address, Millis timeout, std::string* last) {
@@ -97,7 +99,7 @@ TEST(StopRefuses, SigtermRefusesNewConnectionsAndDatagramsAtOnceWhileTheRequestI
   RecvAll end = recv_until_eof(in_flight.get(), 3000ms);
   EXPECT_TRUE(end.eof) << std::strerror(end.error);
   in_flight.reset();
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0)) << svc.log();
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0)) << svc.log();
 }
 
 TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswered) {
@@ -118,7 +120,7 @@ TEST(StopRefuses, AConnectionWhoseFirstRequestArrivesAfterTheDrainBeganIsAnswere
   EXPECT_EQ(recv_exact(early.get(), 14, 3000ms), "first request\n") << svc.log();
   RecvAll end = recv_until_eof(early.get(), 3000ms);
   EXPECT_TRUE(end.eof) << "closed right behind its answer; errno " << end.error;
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0));
 }
 
 TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswered) {
@@ -131,6 +133,7 @@ TEST(StopRefuses, AConnectionAcceptedBeforeAHandoverAndSilentUntilAfterItIsAnswe
   const pid_t old_pid = svc.main_pid();
   auto restart = svc.hot_restart();
   ASSERT_TRUE(restart.ok) << restart.status;
+  // Well past the moment the old process's drain walked this connection.
   std::this_thread::sleep_for(1500ms);
   ASSERT_TRUE(send_all(early.get(), "first after handover\n"));
   EXPECT_EQ(recv_exact(early.get(), 21, 3000ms), "first after handover\n") << svc.log();
@@ -158,7 +161,7 @@ TEST(StopRefuses, DatagramsQueuedWhenTheDrainBeginsAreAnsweredBeforeTheSocketClo
     if (d->starts_with("queued ")) ++answered;
   }
   EXPECT_EQ(answered, kQueued) << "datagrams queued before the stop were thrown away";
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0));
 }
 
 // What systemd does with a socket unit or the fd store: it keeps the listening socket
@@ -183,7 +186,8 @@ TEST(StopRefuses, WhenAnotherHolderKeepsTheSocketConnectionsDuringTheDrainWaitFo
   const std::size_t from = svc.notify().size();
   ASSERT_TRUE(svc.signal(SIGTERM));
   ASSERT_TRUE(svc.notify().wait_line("STOPPING=1", from, 3000ms));
-  std::this_thread::sleep_for(200ms);
+  // The daemon let go of the listening socket (STOPPING=1 comes just before).
+  ASSERT_TRUE(wait_until([&] { return !holds_socket(svc.main_pid(), stored_tcp); }));
   // Not refused: it waits in the backlog of the socket the holder keeps.
   int err = 0;
   Fd during = try_connect(tcp, &err, 2000ms);
@@ -192,10 +196,10 @@ TEST(StopRefuses, WhenAnotherHolderKeepsTheSocketConnectionsDuringTheDrainWaitFo
   ASSERT_TRUE(send_all(in_flight.get(), "done\n"));
   EXPECT_EQ(recv_exact(in_flight.get(), 10, 3000ms), "half done\n");
   in_flight.reset();
-  EXPECT_EQ(svc.wait_first_exit(8000ms), std::optional<int>(0)) << svc.log();
+  EXPECT_EQ(svc.wait_exit(8000ms), std::optional<int>(0)) << svc.log();
 
   // The next instance, started with the held socket as systemd would.
-  NotifySocket notify(scratch.file("notify2"));
+  NotifySocket notify(scratch.file("notify2"), /*keep_fds=*/true);
   TempDir dir;
   write_file(dir.file("next.toml"), R"(
 [[listener]]

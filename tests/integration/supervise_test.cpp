@@ -115,7 +115,7 @@ TEST(Supervise, PidStaysTheSameAcrossTenHotRestartsUnderLoadAndChildrenAreReaped
   const std::size_t from = svc.notify().size();
   ASSERT_TRUE(svc.signal(SIGTERM, supervisor));
   EXPECT_TRUE(svc.notify().wait_line("STOPPING=1", from, 3000ms)) << svc.notify().dump();
-  EXPECT_EQ(svc.wait_first_exit(10000ms), std::optional<int>(0));
+  EXPECT_EQ(svc.wait_exit(10000ms), std::optional<int>(0));
   EXPECT_TRUE(wait_gone(workers.back(), 2000ms).gone);
 }
 
@@ -131,7 +131,7 @@ TEST(Supervise, ExitsWithTheWorkersStatus) {
   // A worker killed from outside: the supervisor has nothing left to supervise and
   // reports how the worker ended (128 + SIGKILL), as a shell would.
   ASSERT_EQ(::kill(worker, SIGKILL), 0);
-  EXPECT_EQ(svc.wait_first_exit(5000ms), std::optional<int>(128 + SIGKILL));
+  EXPECT_EQ(svc.wait_exit(5000ms), std::optional<int>(128 + SIGKILL));
 }
 
 }  // namespace

@@ -282,7 +282,7 @@ rate_limit = 5
 // sent is answered or counted, and the answers it gets are its own bytes.
 TEST(FaultUdp, RepliesASlowLinkCannotTakeAreDroppedAndCountedWhileOthersAreAnswered) {
   VethNamespaces ns;
-  REQUIRE_VETH_NAMESPACES(ns);
+  REQUIRE_NETNS(ns);
   ASSERT_TRUE(ns.shape("8mbit", "16mb"));
   Daemon::Options options;
   options.netns = ns.daemon_side();

@@ -142,7 +142,7 @@ TEST(Unix, KeepsSocketFileOnSigtermWhenTheFdStoreKeepsTheSocket) {
   TempDir dir;
   std::string path = dir.file("kept.sock");
   Daemon::Options options;
-  options.extra_env = {"FDSTORE=64"};
+  options.env = {"FDSTORE=64"};
   Daemon daemon(unix_config("u", path), options);
   ASSERT_TRUE(daemon.start());
   ASSERT_TRUE(daemon.signal(SIGTERM));

@@ -29,31 +29,12 @@ std::string version_of(const std::string& path) {
 
 TEST(BinaryUpgrade, ReplacingTheBinaryAndSighupServesTheNewVersionWithoutAFailedRequest) {
   TempDir bin_dir;
-  const std::string binary = bin_dir.file("echorelayd");
-  ASSERT_TRUE(replace_file(ECHORELAYD_PATH, binary));
+  const ServiceUnderTest::Options options = from_copied_binary(bin_dir);
+  const std::string binary = options.binary;
   ASSERT_EQ(version_of(binary), std::string("echorelayd ") + ECHORELAY_VERSION);
   ASSERT_EQ(version_of(ECHORELAYD_NEXT_PATH), std::string("echorelayd ") + ECHORELAY_VERSION + "-next");
 
-  ServiceUnderTest::Options options;
-  options.binary = binary;
-  ServiceUnderTest svc(R"(
-[daemon]
-drain_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tcp"
-protocol = "tcp"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "udp"
-protocol = "udp"
-address = "127.0.0.1:0"
-)",
-                       options);
+  ServiceUnderTest svc(config_toml("drain_timeout = \"5s\"", {{"tcp", "tcp"}, {"udp", "udp"}}), options);
   ASSERT_TRUE(svc.start());
   const pid_t old = svc.main_pid();
   EXPECT_EQ(exe_of(old), binary);
