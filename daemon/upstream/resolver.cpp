@@ -513,8 +513,10 @@ void Resolver::Impl::run() {
       std::uint64_t count = 0;
       [[maybe_unused]] auto r = ::read(wake_fd_.get(), &count, sizeof count);
     }
+    // Requests first: one made before an answer arrived joins its lookup instead of
+    // starting another after it (with a zero TTL nothing would be cached to hit).
+    bool stopping = take_requests();
     if (channel_ != nullptr) {
-      // Answers first, so requests taken below can join or hit what just arrived.
       for (std::size_t i = 1; n > 0 && i < fds.size(); ++i) {
         short re = fds[i].revents;
         if (re == 0) continue;
@@ -525,7 +527,6 @@ void Resolver::Impl::run() {
       ares_process_fd(channel_, ARES_SOCKET_BAD, ARES_SOCKET_BAD);  // retries and c-ares timeouts
       expire_lookups();
     }
-    bool stopping = take_requests();
     if (!stopping && !using_ares()) run_system_lookups();
     {
       std::lock_guard lock(mutex_);
