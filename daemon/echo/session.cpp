@@ -76,8 +76,8 @@ class EchoSession final : public net::Session, public net::PollHandler {
       case Deadline::Request: return expire(obs::Refuse::RequestTimeout, "request timeout");
       case Deadline::Write: return expire(obs::Refuse::WriteTimeout, "write timeout");
       case Deadline::DrainGrace:
-        reason_ = "drained";
-        return start_linger(poller_.now());
+        if (!close_at_boundary(poller_.now())) serve(poller_.now());
+        return;
       case Deadline::Linger: return finish();  // the peer never sent its FIN; nothing was lost
     }
   }
@@ -116,12 +116,13 @@ class EchoSession final : public net::Session, public net::PollHandler {
   // Where the session is in its life; an event means what the phase says it means.
   //
   //   Serving ──drain()──▶ Draining ──at a request boundary──▶ Lingering ──peer's FIN──▶ closed
-  //      │                    │                                    └──Linger deadline──▶ closed
+  //      │                    │  └─(Unix) read side shut─▶ Closing ──┘  └──Linger deadline──▶ closed
   //      └────────────────────┴──peer FIN, error, timeout, frame too large──────────────▶ closed
   //
   // Draining still answers: it closes only right behind an answer (or after
   // kDrainIdleGrace with nothing asked), so the client never meets EOF in place of one.
-  enum class Phase { Serving, Draining, Lingering };
+  // Closing (Unix sockets only) answers what was queued before our read side shut.
+  enum class Phase { Serving, Draining, Closing, Lingering };
   // What the one pending deadline means when it passes.
   enum class Deadline { Read, Request, Write, DrainGrace, Linger };
 
@@ -141,6 +142,29 @@ class EchoSession final : public net::Session, public net::PollHandler {
     } else {
       set_deadline(write_deadline, Deadline::Write);
     }
+  }
+
+  bool draining() const { return phase_ == Phase::Draining || phase_ == Phase::Closing; }
+
+  // Closes right behind the last answer. False when a request is still queued: answer it
+  // first (the session goes on serving, and comes back here at the next boundary).
+  //
+  // TCP sends the last answer and the FIN as one segment (corked), so a client reads
+  // both before it can send again. AF_UNIX has no cork: a busy client woken by the
+  // answer could queue its next request before our FIN, and meet EOF after sending it.
+  // So on a Unix socket the read side shuts first: from then on the client's send fails
+  // with EPIPE (the kernel refuses to queue to a peer that shut its read side), which it
+  // sees as a closed connection before anything was sent; what was queued before is
+  // still read and answered; only then does the FIN go.
+  bool close_at_boundary(Clock::time_point now) {
+    if (spec_.protocol != config::Protocol::Tcp && phase_ == Phase::Draining) {
+      ::shutdown(fd_, SHUT_RD);
+      phase_ = Phase::Closing;
+      if (waiting_in_socket()) return false;
+    }
+    reason_ = "drained";
+    start_linger(now);
+    return true;
   }
 
   void set_deadline(Clock::time_point deadline, Deadline kind) {
@@ -170,10 +194,10 @@ class EchoSession final : public net::Session, public net::PollHandler {
         poller_.defer(*this);
         return;
       }
-      if (phase_ == Phase::Draining && pending_.empty() && requests_ > 0 && !waiting_in_socket()) {
+      if (draining() && pending_.empty() && requests_ > 0 && !waiting_in_socket()) {
         // Right behind an answer, nothing more sent: the request boundary.
-        reason_ = "drained";
-        return start_linger(now);
+        if (close_at_boundary(now)) return;
+        continue;
       }
       const auto buf = net::thread_scratch();
       const ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
@@ -223,20 +247,15 @@ class EchoSession final : public net::Session, public net::PollHandler {
     // The last answer of a draining session leaves with the FIN in the same segment
     // (corked until the shutdown), so a client that reads it sees EOF at once and
     // never sends another request into a closing connection.
-    const bool last = phase_ == Phase::Draining && scan.complete == data.size() && !waiting_in_socket();
+    const bool last = draining() && scan.complete == data.size() && !waiting_in_socket();
     if (last) cork(true);
     // send_some copies what it cannot send before pending_ changes under `data`.
     const Sent sent = send_some(data.first(scan.complete));
     if (last && sent == Sent::All) {
       pending_.clear();
       answered(scan.frames, now);
-      // A Unix socket has no cork: the client woken by the answer may run (on this CPU,
-      // preempting us) and send its next request before our FIN. Then it is here now:
-      // answer it too, and close behind that one instead.
-      if (spec_.protocol != config::Protocol::Tcp && waiting_in_socket()) return true;
-      reason_ = "drained";
-      start_linger(now);
-      return false;
+      // A Unix request that came in before our read side shut is answered too.
+      return !close_at_boundary(now);
     }
     if (last) cork(false);
     if (sent == Sent::Failed) {

@@ -742,7 +742,14 @@ class Worker {
     if (opt_.mode != Mode::Churn && !c.resend) c.started = now;
     c.resend = false;
     c.paused = false;
-    if (!write_rest(c)) broken(c, now, "write", errno);
+    if (write_rest(c)) return;
+    if (opt_.reconnect && errno == EPIPE && c.sent == 0) {
+      // A Unix server closing at a request boundary shuts its read side before its FIN:
+      // the request was refused whole at send, so nothing was sent; a clean reconnect.
+      if (in_window(now)) ++stats_.reconnects;
+      return begin_connect(c, now);
+    }
+    broken(c, now, "write", errno);
   }
 
   // Writes what is left of the request; EPOLLOUT is armed only while the socket is full.

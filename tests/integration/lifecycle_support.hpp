@@ -55,6 +55,7 @@ ServiceOptions from_copied_binary(const TempDir& bin_dir);
 enum class Outcome {
   Ok,            // the exact bytes came back
   CleanClose,    // EOF before any byte of the answer: the server closed at a boundary
+  NotSent,       // EPIPE before any byte was taken: the peer had shut its read side
   Reset,         // ECONNRESET / EPIPE
   Partial,       // EOF after part of the answer
   Wrong,         // bytes differ from the request
