@@ -81,12 +81,11 @@ struct LoadCounters {
   // A failure: a request was sent and the answer was a clean EOF (the request is lost
   // to a client that cannot tell whether it was processed).
   std::atomic<std::uint64_t> eof_after_send{0};
-  // Counted apart, and bounded by the tests rather than zero: on a Unix connection that
-  // already had an answer, a request sent in the microseconds between the server's last
-  // answer and its FIN, which the client cannot see coming. TCP has no such window (the
-  // answer and the FIN leave in one corked segment); AF_UNIX cannot send them as one, so
-  // closing a busy Unix connection at a request boundary can always meet this. Only
-  // handing the live connection to the successor would close it.
+  // Counted apart from eof_after_send: on a Unix connection that already had an answer,
+  // a request taken by the kernel and then met by the server's FIN. AF_UNIX cannot send
+  // an answer and a FIN as one (TCP corks them into one segment), so the echo shuts the
+  // read side first: a request after that fails at send with EPIPE (a clean close). A
+  // count here means that ordering broke; the tests expect zero.
   std::atomic<std::uint64_t> unix_close_crossed{0};
   std::atomic<std::uint64_t> udp_sent{0};
   std::atomic<std::uint64_t> udp_answered{0};
