@@ -4,6 +4,7 @@
 #include "relay_support.hpp"
 
 #include "os/resources.hpp"
+#include "../common/dns_port.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -469,12 +470,8 @@ Dnsmasq::Dnsmasq(const std::string& hosts, const std::string& netns) : netns_(ne
                                             "script lists it); the relay DNS tests need a real DNS server";
   // A port free for UDP and TCP right now; dnsmasq binds both. Retried on a lost race.
   for (int attempt = 0; attempt < 5; ++attempt) {
-    std::uint16_t port = run_in_netns(netns_, [] {
-      Fd u = udp_bind("127.0.0.1:0");
-      if (!u) return std::uint16_t{0};
-      return local_port(u.get());
-    });
-    if (port == 0) return ::testing::AssertionFailure() << "no free UDP port";
+    std::uint16_t port = run_in_netns(netns_, [] { return free_dns_port(); });
+    if (port == 0) return ::testing::AssertionFailure() << "no port on 127.0.0.1 free for both UDP and TCP";
     server_ = "127.0.0.1:" + std::to_string(port);
     auto started = process_.start({binary, "--no-daemon", "--port=" + std::to_string(port),
                                    "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",

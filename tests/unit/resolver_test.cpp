@@ -36,6 +36,7 @@
 #include "net/endpoint.hpp"
 #include "net/fd.hpp"
 #include "upstream/resolver.hpp"
+#include "../common/dns_port.hpp"
 
 extern char** environ;
 
@@ -172,7 +173,8 @@ class Dnsmasq {
     std::string last_error;
     // The free port is only free until someone else binds it: retry a few times.
     for (int attempt = 0; attempt < 5; ++attempt) {
-      port_ = free_udp_port();
+      port_ = test::free_dns_port();
+      if (port_ == 0) return "no port on 127.0.0.1 free for both UDP and TCP";
       std::vector<std::string> args = {binary,
                                        "--no-daemon",
                                        "--port=" + std::to_string(port_),
