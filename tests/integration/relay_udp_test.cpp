@@ -164,22 +164,10 @@ TEST(RelayUdp, SessionsStillRelayRepliesAfterSigtermStoppedTheReading) {
   Fd upstream = udp_bind("127.0.0.1:0");
   ASSERT_TRUE(upstream);
   const std::string up = "127.0.0.1:" + std::to_string(local_port(upstream.get()));
-  Daemon daemon(R"([daemon]
-workers = 2
-drain_timeout = "10s"
-
-[[listener]]
-name = "u"
-protocol = "udp"
-address = "127.0.0.1:0"
-handler = "relay"
-upstreams = [")" + up + R"("]
-
-[[listener]]
-name = "t"
-protocol = "tcp"
-address = "127.0.0.1:0"
-)");
+  Daemon daemon(config_toml("workers = 2\ndrain_timeout = \"10s\"",
+                            {{"u", "udp", "127.0.0.1:0", "handler = \"relay\"\nupstreams = [\"" + up + "\"]"},
+                             {"t", "tcp"}},
+                            /*admin=*/false));
   ASSERT_TRUE(daemon.start());
   Fd client = udp_connect(daemon.address("u"));
   ASSERT_TRUE(client);
@@ -257,20 +245,9 @@ TEST(RelayUdp, ProxyV2HeaderOnTheFirstDatagramOfEachSession) {
 // `upstreams`; `keys` are added to its table.
 std::string multicast_relay_config(const std::string& group, const std::vector<std::string>& upstreams,
                                    const std::string& keys = "") {
-  return R"([daemon]
-workers = 2
-drain_timeout = "1s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "mc"
-protocol = "multicast"
-address = ")" + group + R"(:0"
-interface = "lo"
-handler = "relay"
-upstreams = )" + toml_list(upstreams) + "\n" + keys;
+  return config_toml("workers = 2\ndrain_timeout = \"1s\"",
+                     {{"mc", "multicast", group + ":0",
+                       "interface = \"lo\"\nhandler = \"relay\"\nupstreams = " + toml_list(upstreams) + "\n" + keys}});
 }
 
 TEST(RelayUdp, MulticastDatagramsFanOutToEveryUpstream) {
