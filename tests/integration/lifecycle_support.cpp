@@ -49,6 +49,7 @@ const char* to_string(Outcome o) {
   switch (o) {
     case Outcome::Ok: return "ok";
     case Outcome::CleanClose: return "clean close";
+    case Outcome::ClosedUnsent: return "closed before the request was sent";
     case Outcome::NotSent: return "not sent (the peer had shut its read side)";
     case Outcome::Reset: return "reset";
     case Outcome::Partial: return "partial answer";
@@ -79,6 +80,9 @@ Outcome round_trip(int fd, std::string_view request, Millis timeout, int* err) {
     }
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = ::recv(fd, buf, std::min(sizeof buf, request.size() - got.size()), MSG_DONTWAIT);
+      // The FIN can land between the caller's last look and this poll: nothing was sent
+      // then, so nothing crossed it.
+      if (n == 0 && sent == 0) return Outcome::ClosedUnsent;
       if (n == 0) return got.empty() ? Outcome::CleanClose : Outcome::Partial;
       if (n < 0 && errno != EAGAIN && errno != EINTR) {
         *err = errno;
@@ -166,6 +170,8 @@ bool account(LoadCounters& c, Outcome o) {
     case Outcome::Ok: ++c.requests_ok; return false;
     case Outcome::CleanClose: ++c.eof_after_send; return true;
     case Outcome::NotSent: ++c.resets; return true;
+    // On a fresh connection: the server dropped it unserved.
+    case Outcome::ClosedUnsent: ++c.resets; return true;
     case Outcome::Reset: ++c.resets; return true;
     case Outcome::Partial: ++c.partial; return true;
     case Outcome::Wrong: ++c.wrong; return true;
@@ -232,7 +238,10 @@ void Load::run_persistent(std::string address, int id, Millis pause) {
     // A Unix server closing at a request boundary shuts its read side first, so a request
     // that would cross its FIN is refused at send (EPIPE, nothing taken): as clean as a
     // FIN seen before sending.
-    if (o == Outcome::NotSent && answered_here && (address.starts_with("/") || address.starts_with("@"))) {
+    // A FIN that arrived after the look above, before the send, is the same clean close.
+    const bool refused_unsent =
+        o == Outcome::ClosedUnsent || (o == Outcome::NotSent && (address.starts_with("/") || address.starts_with("@")));
+    if (refused_unsent && answered_here) {
       ++counters_.clean_closes;
       fd.reset();
       answered_here = false;

@@ -54,7 +54,8 @@ ServiceOptions from_copied_binary(const TempDir& bin_dir);
 // Outcome of one request/response exchange on a stream connection.
 enum class Outcome {
   Ok,            // the exact bytes came back
-  CleanClose,    // EOF before any byte of the answer: the server closed at a boundary
+  CleanClose,    // EOF after the request was sent, before any byte of the answer
+  ClosedUnsent,  // EOF before any byte was sent: the server's FIN came first, nothing crossed
   NotSent,       // EPIPE before any byte was taken: the peer had shut its read side
   Reset,         // ECONNRESET / EPIPE
   Partial,       // EOF after part of the answer

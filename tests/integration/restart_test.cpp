@@ -44,6 +44,28 @@ constexpr int kStormRestarts = 20;
 constexpr int kStormRestarts = 50;
 #endif
 
+// The storm's client tells a request that crossed the server's FIN (sent, then EOF)
+// from a FIN that came before it sent anything: only the first is a lost request.
+TEST(LoadClient, TellsAFinBeforeTheSendFromARequestThatCrossedIt) {
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd client(pair[0]), server(pair[1]);
+  ASSERT_EQ(::shutdown(server.get(), SHUT_WR), 0);
+  EXPECT_EQ(round_trip(client.get(), "ping 1\n", 1000ms), Outcome::ClosedUnsent);
+
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  client = Fd(pair[0]);
+  server = Fd(pair[1]);
+  std::thread peer([fd = server.get()] {
+    char request[16];
+    const ssize_t n = ::recv(fd, request, sizeof request, 0);  // takes the request, never answers
+    EXPECT_EQ(n, 7);
+    ::shutdown(fd, SHUT_WR);
+  });
+  EXPECT_EQ(round_trip(client.get(), "ping 2\n", 1000ms), Outcome::CleanClose);
+  peer.join();
+}
+
 TEST(RestartStorm, HotRestartsUnderLoadLoseNoConnectionNoRequest) {
   TempDir sockets;
   const std::string unix_path = sockets.file("storm.sock");
