@@ -169,9 +169,8 @@ bool account(LoadCounters& c, Outcome o) {
   switch (o) {
     case Outcome::Ok: ++c.requests_ok; return false;
     case Outcome::CleanClose: ++c.eof_after_send; return true;
-    case Outcome::NotSent: ++c.resets; return true;
-    // On a fresh connection: the server dropped it unserved.
-    case Outcome::ClosedUnsent: ++c.resets; return true;
+    case Outcome::NotSent:
+    case Outcome::ClosedUnsent:  // on a fresh connection: the server dropped it unserved
     case Outcome::Reset: ++c.resets; return true;
     case Outcome::Partial: ++c.partial; return true;
     case Outcome::Wrong: ++c.wrong; return true;
@@ -209,6 +208,7 @@ void Load::run_churn(std::string address, int id, Millis pause) {
 }
 
 void Load::run_persistent(std::string address, int id, Millis pause) {
+  const bool is_unix = address.starts_with("/") || address.starts_with("@");  // a path or an abstract name
   std::uint64_t seq = 0;
   Fd fd;
   bool answered_here = false;  // fd has had an answer: a reused connection
@@ -239,15 +239,14 @@ void Load::run_persistent(std::string address, int id, Millis pause) {
     // that would cross its FIN is refused at send (EPIPE, nothing taken): as clean as a
     // FIN seen before sending.
     // A FIN that arrived after the look above, before the send, is the same clean close.
-    const bool refused_unsent =
-        o == Outcome::ClosedUnsent || (o == Outcome::NotSent && (address.starts_with("/") || address.starts_with("@")));
+    const bool refused_unsent = o == Outcome::ClosedUnsent || (o == Outcome::NotSent && is_unix);
     if (refused_unsent && answered_here) {
       ++counters_.clean_closes;
       fd.reset();
       answered_here = false;
       continue;
     }
-    const bool crossed = o == Outcome::CleanClose && answered_here && address.starts_with("/");
+    const bool crossed = o == Outcome::CleanClose && answered_here && is_unix;
     bool retry = crossed || account(counters_, o);
     if (crossed) ++counters_.unix_close_crossed;
     if (o != Outcome::Ok)

@@ -4,7 +4,7 @@
 #include "relay_support.hpp"
 
 #include "os/resources.hpp"
-#include "../common/dns_port.hpp"
+#include "../common/ports.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -36,7 +36,7 @@
 #include "net/endpoint.hpp"
 #include "net/fd.hpp"
 #include "upstream/resolver.hpp"
-#include "../common/dns_port.hpp"
+#include "../common/ports.hpp"
 
 extern char** environ;
 
@@ -73,15 +73,8 @@ std::set<std::string> ips(const Addresses& addresses) {
 // A UDP socket on 127.0.0.1 with a kernel-chosen port. Kept open, nothing reads it:
 // a DNS server that never answers (and never sends ICMP port unreachable).
 net::Fd bound_udp(std::uint16_t& port) {
-  net::Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (!fd || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0) return net::Fd();
-  socklen_t len = sizeof sin;
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&sin), &len);
-  port = ntohs(sin.sin_port);
-  return fd;
+  port = 0;
+  return test::bind_loopback(SOCK_DGRAM, port);
 }
 
 std::uint16_t free_udp_port() {
