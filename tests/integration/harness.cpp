@@ -999,14 +999,21 @@ bool is_open_and_quiet(int fd) {
   return ::poll(&p, 1, 0) == 0;
 }
 
-bool read_by_peer(int fd) {
-  int unsent = 0;
-  if (::ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return false;
+namespace {
+
+// The fields of /proc/net/tcp{,6} (the calling thread's namespace) for the other end
+// of our connected TCP socket `fd`: what the peer's socket holds.
+struct PeerRow {
+  unsigned long rx_queue = 0;  // bytes it has not read yet
+  unsigned long inode = 0;     // as /proc/PID/fd names it: socket:[inode]
+};
+
+std::optional<PeerRow> peer_row(int fd) {
   sockaddr_storage ours{}, theirs{};
   socklen_t ours_len = sizeof ours, theirs_len = sizeof theirs;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ours), &ours_len) != 0 ||
       ::getpeername(fd, reinterpret_cast<sockaddr*>(&theirs), &theirs_len) != 0)
-    return false;
+    return std::nullopt;
   // As /proc/net/tcp prints an address: the 32-bit words of the address bytes as
   // integers ("%08X" each), then the port ("%04X").
   auto text = [](const sockaddr_storage& a) {
@@ -1028,12 +1035,30 @@ bool read_by_peer(int fd) {
   std::string line;
   while (std::getline(table, line)) {
     std::istringstream fields(line);
-    std::string slot, l, r, state, queues;
+    std::string slot, l, r, state, queues, timer, retransmits, uid, timeout;
+    PeerRow row;
     if (!(fields >> slot >> l >> r >> state >> queues) || l != local || r != remote) continue;
-    auto colon = queues.find(':');
-    return colon != std::string::npos && std::strtoul(queues.c_str() + colon + 1, nullptr, 16) == 0;
+    if (!(fields >> timer >> retransmits >> uid >> timeout >> row.inode)) return std::nullopt;
+    const auto colon = queues.find(':');
+    if (colon == std::string::npos) return std::nullopt;
+    row.rx_queue = std::strtoul(queues.c_str() + colon + 1, nullptr, 16);
+    return row;
   }
-  return false;
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool read_by_peer(int fd) {
+  int unsent = 0;
+  if (::ioctl(fd, SIOCOUTQ, &unsent) != 0 || unsent != 0) return false;
+  const auto row = peer_row(fd);
+  return row && row->rx_queue == 0;
+}
+
+bool accepted_by(pid_t pid, int fd) {
+  const auto row = peer_row(fd);
+  return row && row->inode != 0 && holds_inode(pid, row->inode);
 }
 
 ::testing::AssertionResult echo_line(int fd, std::string_view line, Millis timeout) {
@@ -1217,10 +1242,8 @@ std::size_t open_fds(pid_t pid) {
   return n;
 }
 
-bool holds_socket(pid_t pid, int fd) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return false;
-  const std::string target = "socket:[" + std::to_string(st.st_ino) + "]";
+bool holds_inode(pid_t pid, unsigned long inode) {
+  const std::string target = "socket:[" + std::to_string(inode) + "]";
   const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return false;
@@ -1233,6 +1256,11 @@ bool holds_socket(pid_t pid, int fd) {
   }
   ::closedir(d);
   return found;
+}
+
+bool holds_socket(pid_t pid, int fd) {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 && holds_inode(pid, st.st_ino);
 }
 
 bool stopped(pid_t pid) {

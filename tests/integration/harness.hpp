@@ -89,6 +89,8 @@ long cpu_ticks(pid_t pid);
 // True when `pid` holds an fd on the same socket as our `fd` (a shared listening socket:
 // an fd store copy, an inherited one), from the socket inode in /proc/PID/fd.
 bool holds_socket(pid_t pid, int fd);
+// True when `pid` holds an fd on the socket with this inode.
+bool holds_inode(pid_t pid, unsigned long inode);
 // True when every thread of `pid` is stopped (SIGSTOP took effect): after that it writes
 // nothing more, to its log or anywhere. False when there is no such process.
 bool stopped(pid_t pid);
@@ -386,6 +388,9 @@ bool is_open_and_quiet(int fd);
 // queue (/proc/net/tcp{,6} of the calling thread's namespace). For "the daemon has the
 // bytes" before a signal; a peer in another namespace is not found (false).
 bool read_by_peer(int fd);
+// True when process `pid` holds the other end of our TCP connection `fd`: it has
+// accepted it (the same namespace rule as read_by_peer).
+bool accepted_by(pid_t pid, int fd);
 
 // A round trip of one line: sends `line` (which must end in '\n') and reads it back.
 ::testing::AssertionResult echo_line(int fd, std::string_view line, Millis timeout = kIoTimeout);
